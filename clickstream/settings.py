@@ -1,0 +1,86 @@
+"""The one settings object, read from the environment with the prefix ``CLICKSTREAM_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline. Each field is fed by ``CLICKSTREAM_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CLICKSTREAM_", frozen=True, extra="ignore")
+
+    # HTTP gateway
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=5000, ge=0, le=65535)
+    # Processes serving the API, sharing the port.
+    http_workers: int = Field(default=1, ge=1)
+    http_access_log: bool = False
+
+    # Where the local servers keep data, pids and logs, so a restart keeps what was accepted.
+    data_dir: Path = Path(".clickstream")
+
+    # External servers. When set, they are used and no local server is started.
+    kafka_bootstrap: str | None = None
+    mongodb_uri: SecretStr | None = None
+    # Ports of the local servers; a free port is chosen at start when unset.
+    kafka_port: int | None = Field(default=None, ge=1, le=65535)
+    mongodb_port: int | None = Field(default=None, ge=1, le=65535)
+    mongodb_database: str = "clickstream"
+
+    # Topics
+    topic_prefix: str = "clickstream."
+    topic_partitions: int = Field(default=6, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+
+    # Input limits: requests beyond them are refused with a 4xx and publish nothing.
+    max_id_length: int = Field(default=128, ge=1)
+    max_events_per_request: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    created_at_max_age_seconds: int = Field(default=12 * 3600, ge=0)
+    created_at_max_ahead_seconds: int = Field(default=5 * 60, ge=0)
+
+    # Durability: how long a request waits for Kafka's acknowledgement before a 503.
+    publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    retry_after_seconds: int = Field(default=2, ge=1)
+    kafka_linger_ms: float = Field(default=1.0, ge=0)
+    # Extra librdkafka settings for production (security, tuning), as a JSON object.
+    kafka_extra_config: dict[str, str] = Field(default_factory=dict)
+
+    def kafka_common_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """librdkafka settings shared by every client of the pipeline."""
+        servers = bootstrap or self.kafka_bootstrap
+        if not servers:
+            raise ValueError("no Kafka bootstrap servers: set CLICKSTREAM_KAFKA_BOOTSTRAP")
+        return {"bootstrap.servers": servers, **self.kafka_extra_config}
+
+    def kafka_producer_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """librdkafka settings of the producer behind every 2xx: nothing acknowledged is lost."""
+        timeout_ms = int(self.publish_timeout_seconds * 1000)
+        return {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.kafka_linger_ms,
+            "compression.type": "lz4",
+            # Java's partitioner, so a session lands where Java and faust clients put it.
+            "partitioner": "murmur2_random",
+            # Past this a message is failed back to us, so a request never hangs.
+            "message.timeout.ms": timeout_ms,
+            "socket.connection.setup.timeout.ms": max(timeout_ms, 1000),
+            **self.kafka_common_config(bootstrap),
+        }
+
+    @property
+    def mongodb_url(self) -> str | None:
+        return self.mongodb_uri.get_secret_value() if self.mongodb_uri else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

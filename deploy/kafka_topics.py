@@ -1,0 +1,61 @@
+"""Creating the pipeline's topics, before any producer or worker uses them.
+
+Faust requires source topics to exist, with as many partitions as its tables, before a
+worker starts; so topics are created up front, never auto-created.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from clickstream.exceptions import ClickstreamError
+from schemas import Topics
+
+if TYPE_CHECKING:
+    from clickstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TopicSetupError(ClickstreamError, ValueError):
+    """A topic exists with another layout than the settings ask for."""
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create every topic of the deployment that is missing; return the names created.
+
+    Existing topics are checked: a partition count other than ``topic_partitions`` is an
+    error, since a session's messages would no longer share a partition number.
+    """
+    admin = AdminClient(settings.kafka_common_config())
+    wanted = Topics(settings.topic_prefix).all()
+    existing = admin.list_topics(timeout=timeout).topics
+    created = []
+    new_topics = [
+        NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)
+        for name in wanted
+        if name not in existing
+    ]
+    if new_topics:
+        for name, future in admin.create_topics(new_topics, request_timeout=timeout).items():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicSetupError(f"cannot create topic {name}: {exc}") from exc
+            else:
+                created.append(name)
+                logger.info("topic created topic=%s partitions=%s", name, settings.topic_partitions)
+        existing = admin.list_topics(timeout=timeout).topics
+    for name in wanted:
+        partitions = len(existing[name].partitions) if name in existing else 0
+        if partitions != settings.topic_partitions:
+            raise TopicSetupError(
+                f"topic {name} has {partitions} partitions, the settings say "
+                f"{settings.topic_partitions} (CLICKSTREAM_TOPIC_PARTITIONS)"
+            )
+    return created

@@ -1,0 +1,88 @@
+"""The gateway's FastAPI application."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from clickstream.settings import Settings, get_settings
+from producers.gateway.body_limit import BodySizeLimit
+from producers.gateway.deps import Gateway
+from producers.gateway.errors import add_error_handlers
+from producers.gateway.routes import health, sessions
+from producers.ingest import IngestMessages
+from producers.models import EventsIn, SessionIn
+from producers.publisher import KafkaPublisher
+from schemas import AvroCodec, Topics
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from pydantic import BaseModel
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway. Kafka is reached at ``settings.kafka_bootstrap``.
+
+    Args:
+        settings: default ``get_settings()``, read from ``CLICKSTREAM_*`` variables.
+    """
+    settings = settings or get_settings()
+    topics = Topics(settings.topic_prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        publisher = KafkaPublisher(
+            settings.kafka_producer_config(), settings.publish_timeout_seconds
+        )
+        app.state.gateway = Gateway(
+            settings=settings,
+            topics=topics,
+            messages=IngestMessages(AvroCodec(), topics),
+            publisher=publisher,
+        )
+        try:
+            yield
+        finally:
+            publisher.close()
+
+    app = FastAPI(
+        title="Clickstream",
+        version="0.1.0",
+        summary="Search sessions and their clicks, published to Kafka for fine-tuning.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    add_error_handlers(app, settings.retry_after_seconds)
+    app.include_router(sessions.router)
+    app.include_router(health.router)
+    _document_request_bodies(app, [SessionIn, EventsIn])
+    return app
+
+
+def _document_request_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Routes parse their bodies themselves (see request_body.py): add the models' schemas,
+    with the seed's examples, to the OpenAPI document FastAPI generates."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            _, definitions = models_json_schema(
+                [(model, "validation") for model in models],
+                ref_template="#/components/schemas/{model}",
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(definitions.get("$defs", {}))
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,30 @@
+"""How refused input and an unavailable Kafka are answered."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi.responses import JSONResponse
+
+from producers.exceptions import PublishUnavailableError
+from producers.gateway.request_body import MalformedJsonError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from starlette.responses import Response
+
+
+async def _malformed_json(request: Request, exc: Exception) -> Response:
+    return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+
+def add_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
+    async def _unavailable(request: Request, exc: Exception) -> Response:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"{exc}; nothing was accepted, retry later"},
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+    app.add_exception_handler(MalformedJsonError, _malformed_json)
+    app.add_exception_handler(PublishUnavailableError, _unavailable)

@@ -1,0 +1,183 @@
+"""Request and answer models of the clickstream API, shared by the HTTP gateway and the
+producer library, so both refuse the same input with the same messages.
+
+Constraints live in ``Field(...)``; limits come from the settings (``CLICKSTREAM_MAX_*``),
+read once at import.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+from clickstream.settings import get_settings
+from schemas.json_text import to_json_text
+
+_settings = get_settings()
+
+
+def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        try:
+            to_json_text(value)
+        except ValueError:
+            raise ValueError("must not hold NaN or Infinity, which JSON cannot carry") from None
+    return value
+
+
+def _in_time_window(value: int | None) -> int | None:
+    if value is None:
+        return None
+    now = time.time()
+    oldest = now - _settings.created_at_max_age_seconds
+    newest = now + _settings.created_at_max_ahead_seconds
+    if not oldest <= value <= newest:
+        when = datetime.fromtimestamp(value, UTC).isoformat() if 0 <= value < 2**35 else value
+        raise ValueError(
+            f"{value} ({when}) lies outside the accepted window: UTC seconds not older than "
+            f"{_settings.created_at_max_age_seconds} s and at most "
+            f"{_settings.created_at_max_ahead_seconds} s ahead of the server's clock"
+        )
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=_settings.max_id_length)]
+"""An identifier: session, event, object, user or release id."""
+
+JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
+"""Free-form metadata: any JSON object, passed through losslessly."""
+
+Timestamp = Annotated[
+    int | None,
+    Field(description="UTC seconds; the server's current time when absent"),
+    AfterValidator(_in_time_window),
+]
+
+EventType = Annotated[
+    str,
+    BeforeValidator(lambda value: "click" if value is None else value),
+    StringConstraints(min_length=1, max_length=_settings.max_id_length),
+]
+
+_META = Field(
+    default=None,
+    validation_alias=AliasChoices("meta", "item_info"),
+    description="Any JSON object. `item_info` is accepted as another name for it.",
+)
+
+
+class RequestModel(BaseModel):
+    """Unknown fields are ignored, as the original service did."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SearchResultIn(RequestModel):
+    object_id: Id
+    rank: float | None = Field(default=None, allow_inf_nan=False)
+    meta: JsonObject = _META
+
+
+class SessionIn(RequestModel):
+    """A search session to register: the query and the results shown."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": "c327c30bd3db459093e5f5d254bdd144",
+                    "search_query": "user search query",
+                    "search_results": [
+                        {
+                            "object_id": "2f827cbb9fe544cdaca44b2dafd37785",
+                            "rank": 0.3,
+                            "item_info": {},
+                        },
+                        {"object_id": "e000f005dc1343ea8ddf234c557832a5"},
+                        {"object_id": "96365929fa5b4286b3a04639cbc7c1d5"},
+                    ],
+                    "search_meta": {},
+                    "user_id": "b604bbb1a57a418d925ebc9d615de99a",
+                    "created_at": 1703376873,
+                }
+            ]
+        }
+    )
+
+    session_id: Id
+    search_query: str
+    search_results: list[SearchResultIn]
+    search_meta: JsonObject = None
+    user_id: Id | None = None
+    created_at: Timestamp = None
+
+
+class EventIn(RequestModel):
+    """One interaction with a search result; a click unless ``event_type`` says otherwise."""
+
+    event_id: Id = Field(description="Unique within the session; a repeated id is dropped.")
+    object_id: Id
+    event_type: EventType = "click"
+    created_at: Timestamp = None
+    meta: JsonObject = _META
+
+
+class EventsIn(RequestModel):
+    """Events to add to a session. All or nothing: one bad event refuses the request."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": "c327c30bd3db459093e5f5d254bdd144",
+                    "events": [
+                        {
+                            "event_id": "472cc4232af2449a97317d0057c9a2cf",
+                            "object_id": "2f827cbb9fe544cdaca44b2dafd37785",
+                            "item_info": {},
+                            "event_type": "click",
+                            "created_at": 1703376873,
+                        },
+                        {
+                            "event_id": "124b6bc39e9f43e7b5be6b992d94f505",
+                            "object_id": "2f827cbb9fe544cdaca44b2dafd37785",
+                            "item_info": {},
+                            "created_at": 1703376874,
+                        },
+                        {
+                            "event_id": "b0f4adcac63b4a35a02a45f06b0b1cb9",
+                            "object_id": "e000f005dc1343ea8ddf234c557832a5",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    session_id: Id
+    events: list[EventIn] = Field(max_length=_settings.max_events_per_request)
+
+
+class SessionAccepted(BaseModel):
+    """The session was acknowledged by Kafka."""
+
+    session_id: str
+    created_at: int = Field(description="As published: the client's, or the server's time")
+
+
+class EventsAccepted(BaseModel):
+    """The events were acknowledged by Kafka."""
+
+    session_id: str
+    accepted: int = Field(description="How many events were published")

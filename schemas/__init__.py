@@ -1,0 +1,21 @@
+"""The message contract: Avro schemas (``avro/*.avsc``), their ids, the topics they go to.
+
+Every producer and consumer of the pipeline encodes and decodes through :class:`AvroCodec`,
+so each message has exactly one definition: its ``.avsc`` file.
+"""
+
+from schemas.codec import AvroCodec, Decoded
+from schemas.exceptions import MalformedMessageError, SchemaError, UnknownSchemaError
+from schemas.json_text import from_json_text, to_json_text
+from schemas.topics import Topics
+
+__all__ = [
+    "AvroCodec",
+    "Decoded",
+    "MalformedMessageError",
+    "SchemaError",
+    "Topics",
+    "UnknownSchemaError",
+    "from_json_text",
+    "to_json_text",
+]

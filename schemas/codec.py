@@ -1,0 +1,105 @@
+"""Avro in the Confluent wire format: a zero magic byte, a 4-byte big-endian schema id,
+then the Avro binary body. A Confluent Schema Registry reads these messages as they are;
+without one, ids come from ``schema_ids.json`` beside this file."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import load_schema
+
+from schemas.exceptions import MalformedMessageError, SchemaSetupError, UnknownSchemaError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+SCHEMA_DIR = Path(__file__).parent / "avro"
+SCHEMA_IDS_FILE = Path(__file__).parent / "schema_ids.json"
+_HEADER = struct.Struct(">bI")
+MAGIC_BYTE = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded message: the full name of its schema and its record."""
+
+    name: str
+    record: dict[str, Any]
+
+
+def load_schema_ids(path: Path = SCHEMA_IDS_FILE) -> dict[str, int]:
+    """Schema full name -> id, as kept in ``schema_ids.json``."""
+    raw = json.loads(path.read_text())
+    return {name: int(schema_id) for name, schema_id in raw.items() if not name.startswith("_")}
+
+
+class AvroCodec:
+    """Encodes and decodes every message kind of the pipeline.
+
+    Schemas are parsed once, here; build one codec per process and share it.
+
+    Args:
+        schema_ids: full schema name -> id. Default: the ids in ``schema_ids.json``.
+    """
+
+    def __init__(self, schema_ids: Mapping[str, int] | None = None) -> None:
+        ids = dict(schema_ids if schema_ids is not None else load_schema_ids())
+        if len(set(ids.values())) != len(ids):
+            raise SchemaSetupError(f"two schemas share an id: {ids}")
+        named: dict[str, Any] = {}
+        self._by_name: dict[str, tuple[int, Any]] = {}
+        self._by_id: dict[int, tuple[str, Any]] = {}
+        for name, schema_id in ids.items():
+            path = SCHEMA_DIR / f"{name}.avsc"
+            if not path.exists():
+                raise SchemaSetupError(f"schema {name} (id {schema_id}) has no file {path}")
+            parsed = load_schema(str(path), named_schemas=named)
+            self._by_name[name] = (schema_id, parsed)
+            self._by_id[schema_id] = (name, parsed)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    def schema_id(self, name: str) -> int:
+        return self._by_name[name][0]
+
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """Encode ``record`` with the schema ``name``; raises ValueError if it does not fit."""
+        try:
+            schema_id, parsed = self._by_name[name]
+        except KeyError:
+            raise SchemaSetupError(f"no schema named {name}") from None
+        out = io.BytesIO()
+        out.write(_HEADER.pack(MAGIC_BYTE, schema_id))
+        schemaless_writer(out, parsed, record)
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> Decoded:
+        """Decode a message; raises MalformedMessageError for anything not of the contract."""
+        if len(data) < _HEADER.size:
+            raise MalformedMessageError(f"message of {len(data)} bytes has no Avro header")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != MAGIC_BYTE:
+            raise MalformedMessageError(f"message starts with {magic}, not the magic byte 0")
+        try:
+            name, parsed = self._by_id[schema_id]
+        except KeyError:
+            raise UnknownSchemaError(f"unknown schema id {schema_id}") from None
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
+        try:
+            record = schemaless_reader(body, parsed, None)
+        except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise MalformedMessageError(f"bad Avro body for {name}: {exc}") from exc
+        if body.tell() != len(data):
+            raise MalformedMessageError(f"{len(data) - body.tell()} trailing bytes after {name}")
+        if not isinstance(record, dict):
+            raise MalformedMessageError(f"{name} did not decode to a record")
+        return Decoded(name, record)

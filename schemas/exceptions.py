@@ -1,0 +1,19 @@
+"""Errors of encoding and decoding messages."""
+
+from clickstream.exceptions import ClickstreamError
+
+
+class SchemaError(ClickstreamError):
+    """Root of the message contract's errors."""
+
+
+class SchemaSetupError(SchemaError, ValueError):
+    """The schema files or their ids are inconsistent; raised at start-up."""
+
+
+class MalformedMessageError(SchemaError, ValueError):
+    """Bytes that are not a message of the contract (bad framing or bad Avro)."""
+
+
+class UnknownSchemaError(MalformedMessageError):
+    """A message written with a schema id this codec does not know."""

@@ -1,0 +1,105 @@
+"""`clickstream run` (what `make run` calls): serves the seed's calls on real local
+servers, stops everything it started on SIGTERM, and keeps what was accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from deploy.local_servers import free_port, is_running
+from schemas import Topics
+from tests.servers import USE_DOCKER
+from tests.utils.kafka import TopicReader
+from tests.utils.payloads import events_body, session_body
+
+if TYPE_CHECKING:
+    from schemas import AvroCodec
+
+pytestmark = pytest.mark.skipif(USE_DOCKER, reason="runs the project's own local servers")
+
+CLI = Path(sys.executable).parent / "clickstream"
+
+
+class Run:
+    """One `clickstream run` process with its own data dir and port."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
+        env |= {"CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_HTTP_PORT": str(port)}
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [str(CLI), "run"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stdout.read()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return json.loads((self.data_dir / "run.json").read_text())  # type: ignore[no-any-return]
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("clickstream run never became ready")
+
+    def server_pids(self) -> list[int]:
+        return [int(p.read_text()) for p in self.data_dir.glob("*.pid")]
+
+    def terminate(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=60)
+        return output
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / ".clickstream"
+
+
+def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
+    data_dir: Path, codec: AvroCodec
+) -> None:
+    port = free_port()
+    run = Run(data_dir, port)
+    try:
+        servers = run.wait_ready()
+        pids = run.server_pids()
+        session = session_body()
+        events = events_body(session["session_id"], count=3)
+
+        registered = httpx.post(f"{run.url}/api/v1/clickstream/session", json=session)
+        added = httpx.post(f"{run.url}/api/v1/clickstream/session/events", json=events)
+    finally:
+        output = run.terminate()
+
+    assert registered.status_code == 200
+    assert added.json() == {"session_id": session["session_id"], "accepted": 3}
+    assert run.process.returncode == 0, output
+    assert len(pids) == 2, "a broker and a mongod"
+    assert not [pid for pid in pids if is_running(pid)], "no server outlives the run"
+    assert not list(data_dir.glob("*.pid"))
+    assert servers["http_url"] == run.url
+
+    again = Run(data_dir, port)
+    try:
+        servers = again.wait_ready()
+        reader = TopicReader({"bootstrap.servers": servers["kafka_bootstrap"]}, codec)
+        kept = reader.read(Topics().sessions)
+    finally:
+        again.terminate()
+    assert [m.record["session_id"] for m in kept] == [session["session_id"]]

@@ -1,0 +1,77 @@
+"""A 2xx means Kafka acknowledged; when it cannot, the gateway answers 503 in bounded time."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from fastapi.testclient import TestClient
+
+from clickstream.settings import Settings
+from deploy.kafka_topics import ensure_topics
+from producers.gateway import create_app
+from schemas import Topics
+from tests.servers import new_broker
+from tests.utils.kafka import TopicReader
+from tests.utils.payloads import events_body, session_body
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from schemas import AvroCodec
+    from tests.servers import Broker
+
+TIMEOUT = 2.0
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of this test alone, since the test stops it."""
+    broker = new_broker(tmp_path).start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def test_broker_down_gives_503_then_a_retry_is_accepted(
+    own_broker: Broker, tmp_path: Path, codec: AvroCodec
+) -> None:
+    settings = Settings(
+        kafka_bootstrap=own_broker.bootstrap,
+        publish_timeout_seconds=TIMEOUT,
+        retry_after_seconds=3,
+        data_dir=tmp_path,
+    )
+    ensure_topics(settings)
+    topics = Topics(settings.topic_prefix)
+    session = session_body()
+    events = events_body(session["session_id"], count=5)
+    with TestClient(create_app(settings)) as gateway:
+        assert gateway.post("/api/v1/clickstream/session", json=session).status_code == 200
+
+        own_broker.stop()
+        started = time.monotonic()
+        refused = gateway.post("/api/v1/clickstream/session/events", json=events)
+        waited = time.monotonic() - started
+
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "3"
+        assert "retry" in refused.json()["detail"]
+        assert waited < TIMEOUT + 10, "the gateway answers within its publish timeout"
+        assert gateway.get("/ready").status_code == 503
+
+        own_broker.start()
+        retried = gateway.post("/api/v1/clickstream/session/events", json=events)
+
+        assert retried.status_code == 200
+        assert retried.json()["accepted"] == 5
+        assert gateway.get("/ready").status_code == 200
+
+    reader = TopicReader(settings.kafka_common_config(), codec)
+    [registered] = reader.read(topics.sessions)
+    assert registered.record["session_id"] == session["session_id"]
+    published_ids = [m.record["event_id"] for m in reader.read(topics.events)]
+    assert set(published_ids) == {e["event_id"] for e in events["events"]}

@@ -1,0 +1,188 @@
+"""What the gateway publishes for accepted requests, read back from the topics."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+from schemas import from_json_text
+from tests.utils.payloads import event_body, events_body, new_id, session_body
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from schemas import Topics
+    from tests.utils.kafka import TopicReader
+
+SESSION_URL = "/api/v1/clickstream/session"
+EVENTS_URL = "/api/v1/clickstream/session/events"
+
+
+def test_seed_session_is_published_with_every_field(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    body = session_body()
+
+    response = gateway.post(SESSION_URL, json=body)
+
+    assert response.status_code == 200
+    assert response.json() == {"session_id": body["session_id"], "created_at": body["created_at"]}
+    [message] = published.read(topics.sessions)
+    assert message.key == body["session_id"].encode()
+    assert message.name == "clickstream.SessionRegistered"
+    record = message.record
+    assert record["session_id"] == body["session_id"]
+    assert record["search_query"] == "user search query"
+    assert record["user_id"] == body["user_id"]
+    assert record["created_at"] == body["created_at"]
+    assert from_json_text(record["search_meta"]) == {}
+    first, second, third = record["search_results"]
+    assert first["object_id"] == body["search_results"][0]["object_id"]
+    assert first["rank"] == 0.3
+    assert from_json_text(first["meta"]) == {}, "item_info is another name for meta"
+    assert second == {
+        "object_id": body["search_results"][1]["object_id"],
+        "rank": None,
+        "meta": None,
+    }
+    assert third["object_id"] == body["search_results"][2]["object_id"]
+    assert abs(record["received_at_ms"] / 1000 - time.time()) < 60
+
+
+def test_optional_session_fields_default(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    session_id = new_id()
+    before = int(time.time())
+
+    response = gateway.post(
+        SESSION_URL,
+        json={"session_id": session_id, "search_query": "q", "search_results": [], "extra": 1},
+    )
+
+    after = int(time.time())
+    assert response.status_code == 200
+    [message] = published.read(topics.sessions)
+    record = message.record
+    assert before <= record["created_at"] <= after, "created_at defaults to the server's time"
+    assert response.json()["created_at"] == record["created_at"]
+    assert record["user_id"] is None
+    assert record["search_meta"] is None
+    assert record["search_results"] == []
+    assert "extra" not in record
+
+
+def test_seed_events_are_published_one_message_each_on_the_session_partition(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    session = session_body()
+    gateway.post(SESSION_URL, json=session)
+    now = int(time.time())
+    body = {
+        "session_id": session["session_id"],
+        "events": [
+            event_body(item_info={"position": 1}, event_type="click", created_at=now - 10),
+            event_body(item_info={}, created_at=now - 9),
+            event_body(),
+        ],
+    }
+
+    response = gateway.post(EVENTS_URL, json=body)
+
+    assert response.status_code == 200
+    assert response.json() == {"session_id": session["session_id"], "accepted": 3}
+    [registered] = published.read(topics.sessions)
+    events = published.read(topics.events)
+    assert [e.record["event_id"] for e in events] == [e["event_id"] for e in body["events"]]
+    for message, sent in zip(events, body["events"], strict=True):
+        assert message.name == "clickstream.SessionEvent"
+        assert message.key == session["session_id"].encode()
+        assert message.partition == registered.partition, (
+            "a session and its events share a partition"
+        )
+        assert message.record["session_id"] == session["session_id"]
+        assert message.record["object_id"] == sent["object_id"]
+        assert message.record["event_type"] == "click"
+    first, second, third = (e.record for e in events)
+    assert from_json_text(first["meta"]) == {"position": 1}
+    assert (first["created_at"], second["created_at"]) == (now - 10, now - 9)
+    assert third["meta"] is None
+    assert abs(third["created_at"] - time.time()) < 60, "created_at defaults to the server's time"
+
+
+def test_event_type_and_meta_win_over_defaults_and_alias(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    body = events_body(new_id(), count=0)
+    body["events"] = [
+        event_body(
+            event_type="add_to_cart", meta={"from": "meta"}, item_info={"from": "item_info"}
+        ),
+        event_body(event_type=None),
+    ]
+
+    assert gateway.post(EVENTS_URL, json=body).status_code == 200
+
+    first, second = (m.record for m in published.read(topics.events))
+    assert first["event_type"] == "add_to_cart"
+    assert from_json_text(first["meta"]) == {"from": "meta"}
+    assert second["event_type"] == "click"
+
+
+def test_free_form_objects_pass_through_losslessly(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    meta = {
+        "nested": {"deeper": {"list": [1, [2, 3], {"x": None}], "empty": {}}},
+        "unicode": 'поиск 検索 🔍 \u0000 "quoted" \\ /',
+        "null": None,
+        "big": 2**80 + 1,
+        "negative_big": -(2**70),
+        "int64_max": 2**63 - 1,
+        "floats": [0.1, 1e-300, 1.7976931348623157e308, -0.0, 5e-324, 123456789.123456789],
+        "bools": [True, False],
+    }
+    session = session_body(search_meta=meta, search_results=[{"object_id": "o", "meta": meta}])
+    events = events_body(session["session_id"], count=1)
+    events["events"][0]["meta"] = meta
+
+    assert gateway.post(SESSION_URL, json=session).status_code == 200
+    assert gateway.post(EVENTS_URL, json=events).status_code == 200
+
+    [registered] = published.read(topics.sessions)
+    [event] = published.read(topics.events)
+    for text in (
+        registered.record["search_meta"],
+        registered.record["search_results"][0]["meta"],
+        event.record["meta"],
+    ):
+        decoded = from_json_text(text)
+        assert decoded == meta
+        assert type(decoded["big"]) is int
+        assert math.copysign(1.0, decoded["floats"][3]) == -1.0, "-0.0 keeps its sign"
+        assert decoded["floats"][5] == 123456789.123456789
+
+
+def test_empty_event_list_publishes_nothing(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    response = gateway.post(EVENTS_URL, json={"session_id": new_id(), "events": []})
+
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 0
+    assert published.count(topics.events) == 0
+
+
+def test_health_ready_and_openapi(gateway: TestClient) -> None:
+    assert gateway.get("/health").json() == {"status": "ok"}
+    assert gateway.get("/ready").json() == {"status": "ready"}
+    document = gateway.get("/openapi.json").json()
+    session_op = document["paths"][SESSION_URL]["post"]
+    assert session_op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SessionIn"
+    }
+    schemas = document["components"]["schemas"]
+    assert schemas["SessionIn"]["examples"][0]["session_id"] == "c327c30bd3db459093e5f5d254bdd144"
+    assert len(schemas["EventsIn"]["examples"][0]["events"]) == 3
+    assert EVENTS_URL in document["paths"]

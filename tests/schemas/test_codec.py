@@ -1,0 +1,88 @@
+"""The message contract: Confluent wire format, lossless JSON text, clear decode errors."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from schemas import (
+    AvroCodec,
+    MalformedMessageError,
+    UnknownSchemaError,
+    from_json_text,
+    to_json_text,
+)
+from schemas.codec import SCHEMA_DIR, SCHEMA_IDS_FILE
+
+EVENT = {
+    "session_id": "s",
+    "event_id": "e",
+    "object_id": "o",
+    "event_type": "click",
+    "created_at": 1_700_000_000,
+    "meta": '{"a":1}',
+    "received_at_ms": 1_700_000_000_123,
+}
+
+
+def test_every_message_kind_has_a_file_and_a_unique_id(codec: AvroCodec) -> None:
+    ids = {
+        k: v for k, v in json.loads(SCHEMA_IDS_FILE.read_text()).items() if not k.startswith("_")
+    }
+
+    assert set(codec.names) == set(ids)
+    assert len(set(ids.values())) == len(ids)
+    for name in ids:
+        assert (SCHEMA_DIR / f"{name}.avsc").exists()
+
+
+def test_wire_format_is_magic_byte_schema_id_then_avro(codec: AvroCodec) -> None:
+    data = codec.encode("clickstream.SessionEvent", EVENT)
+
+    magic, schema_id = struct.unpack(">bI", data[:5])
+    assert magic == 0
+    assert schema_id == codec.schema_id("clickstream.SessionEvent")
+    decoded = codec.decode(data)
+    assert decoded.name == "clickstream.SessionEvent"
+    assert decoded.record == EVENT
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", MalformedMessageError),
+        (b"\x01\x00\x00\x00\x02abc", MalformedMessageError),
+        (b"\x00\x00\x00\x27\x0f\x02s", UnknownSchemaError),
+        (b"\x00\x00\x00\x00\x02\x02s", MalformedMessageError),
+    ],
+    ids=["empty", "wrong magic byte", "unknown schema id", "truncated body"],
+)
+def test_bytes_outside_the_contract_raise_a_clear_error(
+    codec: AvroCodec, data: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        codec.decode(data)
+
+
+def test_trailing_bytes_are_refused(codec: AvroCodec) -> None:
+    with pytest.raises(MalformedMessageError, match="trailing"):
+        codec.decode(codec.encode("clickstream.SessionEvent", EVENT) + b"\x00")
+
+
+def test_record_that_does_not_fit_the_schema_is_refused(codec: AvroCodec) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        codec.encode("clickstream.SessionEvent", {**EVENT, "created_at": "yesterday"})
+
+
+def test_json_text_round_trips_losslessly() -> None:
+    value = {"big": 2**90, "f": [0.1, -0.0, 1e308], "u": "é🔍", "n": None, "l": [[], {}]}
+
+    text = to_json_text(value)
+
+    assert from_json_text(text) == value
+    assert "é🔍" in text, "unicode is kept as is, not escaped"
+    assert from_json_text(None) is None
+    with pytest.raises(ValueError, match="JSON"):
+        to_json_text({"x": float("nan")})

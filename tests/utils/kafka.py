@@ -1,0 +1,94 @@
+"""Reading back what was published, as a consumer of the topics would."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+if TYPE_CHECKING:
+    from schemas import AvroCodec
+
+
+@dataclass(frozen=True)
+class Published:
+    """One message on a topic, decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    name: str
+    record: dict[str, Any]
+    raw: bytes
+
+
+class TopicReader:
+    """Reads a topic from its beginning up to its end at the time of the call."""
+
+    def __init__(self, kafka_config: dict[str, Any], codec: AvroCodec) -> None:
+        self._config = kafka_config
+        self._codec = codec
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        consumer = Consumer({**self._config, "group.id": f"reader-{uuid.uuid4().hex}"})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions
+            }
+        finally:
+            consumer.close()
+
+    def count(self, topic: str) -> int:
+        return sum(self.end_offsets(topic).values())
+
+    def read(self, topic: str, timeout: float = 20.0) -> list[Published]:
+        ends = {p: end for p, end in self.end_offsets(topic).items() if end > 0}
+        if not ends:
+            return []
+        consumer = Consumer(
+            {
+                **self._config,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        try:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+            out: list[Published] = []
+            remaining = dict(ends)
+            deadline = time.monotonic() + timeout
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: still expecting {remaining}")
+                batch = consumer.consume(1000, timeout=0.1)
+                for message in batch:
+                    if message.error():
+                        raise RuntimeError(message.error())
+                    partition, offset = message.partition(), message.offset()
+                    if partition not in remaining or offset >= ends[partition]:
+                        continue
+                    value = message.value()
+                    decoded = self._codec.decode(value)
+                    out.append(
+                        Published(
+                            topic,
+                            partition,
+                            offset,
+                            message.key(),
+                            decoded.name,
+                            decoded.record,
+                            value,
+                        )
+                    )
+                    if offset + 1 >= ends[partition]:
+                        del remaining[partition]
+            return sorted(out, key=lambda m: (m.partition, m.offset))
+        finally:
+            consumer.close()
