@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Annotated
 
+import httpx
 import typer
 
 from clickstream.exceptions import ClickstreamError
@@ -42,6 +45,72 @@ def gateway() -> None:
 
     configure_logging()
     serve(get_settings())
+
+
+@app.command()
+def worker() -> None:
+    """Run a stream worker. Workers share the partitions through their consumer group:
+    start more (each with its own CLICKSTREAM_WORKER_WEB_PORT) to spread the load."""
+    from stream_app.worker import run_worker  # noqa: PLC0415
+
+    configure_logging()
+    try:
+        run_worker(get_settings())
+    except (ClickstreamError, ValueError) as exc:
+        _fail(exc)
+
+
+GatewayUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="CLICKSTREAM_GATEWAY_URL",
+        help="The gateway; default http://CLICKSTREAM_HTTP_HOST:CLICKSTREAM_HTTP_PORT",
+    ),
+]
+
+
+def _gateway_url(url: str | None) -> str:
+    settings = get_settings()
+    return (url or f"http://{settings.http_host}:{settings.http_port}").rstrip("/")
+
+
+def _show(response: httpx.Response) -> None:
+    """Print the answer; exit 1 unless it is a 2xx."""
+    typer.echo(json.dumps(response.json(), indent=2))
+    if not response.is_success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def release(
+    release_id: Annotated[str, typer.Argument(help="The idempotency key of the release")],
+    min_idle_seconds: Annotated[
+        int, typer.Option(help="Leave sessions active this recently for the next release")
+    ] = 0,
+    url: GatewayUrl = None,
+) -> None:
+    """Release everything gathered so far as a batch, and print it."""
+    response = httpx.post(
+        f"{_gateway_url(url)}/api/v1/clickstream/internal/batch/release",
+        json={"release_id": release_id, "min_idle_seconds": min_idle_seconds},
+        timeout=get_settings().release_wait_seconds + 30,
+    )
+    _show(response)
+
+
+@app.command()
+def batch(
+    batch_id: Annotated[str, typer.Argument(help="The batch_id a release answered")],
+    url: GatewayUrl = None,
+) -> None:
+    """Print a batch's status and counts."""
+    response = httpx.get(
+        f"{_gateway_url(url)}/api/v1/clickstream/internal/batch",
+        params={"batch_id": batch_id},
+        timeout=30,
+    )
+    _show(response)
 
 
 @app.command()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,36 @@ class Settings(BaseSettings):
     kafka_linger_ms: float = Field(default=1.0, ge=0)
     # Extra librdkafka settings for production (security, tuning), as a JSON object.
     kafka_extra_config: dict[str, str] = Field(default_factory=dict)
+
+    # Stream worker
+    worker_store: Literal["memory", "rocksdb"] = "memory"
+    worker_web_host: str = "127.0.0.1"
+    worker_web_port: int = Field(default=6066, ge=1, le=65535)
+    # Where the gateway reads sessions from: any worker routes to the partition's owner.
+    worker_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:6066"]
+    )
+    worker_request_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Events of a session never registered go to the dead-letter topic after this wait.
+    orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
+    # How often the release coordinator ticks every partition (expiry needs no traffic).
+    tick_interval_seconds: float = Field(default=30.0, gt=0)
+    # Completed releases each partition remembers (to write its part again if asked).
+    release_history: int = Field(default=20, ge=2)
+
+    # Releases
+    release_wait_seconds: float = Field(default=30.0, gt=0)
+    max_session_snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @field_validator("worker_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        """Accept a comma-separated list as well as JSON."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
 
     def kafka_common_config(self, bootstrap: str | None = None) -> dict[str, Any]:
         """librdkafka settings shared by every client of the pipeline."""

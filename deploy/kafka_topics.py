@@ -32,12 +32,12 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     error, since a session's messages would no longer share a partition number.
     """
     admin = AdminClient(settings.kafka_common_config())
-    wanted = Topics(settings.topic_prefix).all()
+    wanted = Topics(settings.topic_prefix).layout(settings.topic_partitions)
     existing = admin.list_topics(timeout=timeout).topics
     created = []
     new_topics = [
-        NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)
-        for name in wanted
+        NewTopic(name, partitions, settings.topic_replication_factor)
+        for name, partitions in wanted.items()
         if name not in existing
     ]
     if new_topics:
@@ -49,13 +49,13 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                     raise TopicSetupError(f"cannot create topic {name}: {exc}") from exc
             else:
                 created.append(name)
-                logger.info("topic created topic=%s partitions=%s", name, settings.topic_partitions)
+                logger.info("topic created topic=%s partitions=%s", name, wanted[name])
         existing = admin.list_topics(timeout=timeout).topics
-    for name in wanted:
+    for name, expected in wanted.items():
         partitions = len(existing[name].partitions) if name in existing else 0
-        if partitions != settings.topic_partitions:
+        if partitions != expected:
             raise TopicSetupError(
-                f"topic {name} has {partitions} partitions, the settings say "
-                f"{settings.topic_partitions} (CLICKSTREAM_TOPIC_PARTITIONS)"
+                f"topic {name} has {partitions} partitions where {expected} are needed "
+                "(CLICKSTREAM_TOPIC_PARTITIONS)"
             )
     return created

@@ -1,7 +1,8 @@
 """``clickstream run``: the whole pipeline on one machine, in the foreground.
 
-Starts the local servers unless external ones are configured, creates the topics and
-serves the API. Ctrl-C or SIGTERM stops everything started here, by pid.
+Starts the local servers unless external ones are configured, creates the topics, starts
+one stream worker and serves the API. Ctrl-C or SIGTERM stops everything started here, by
+pid: the gateway first, then the worker, then the servers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from clickstream.settings import Settings, get_settings
 from deploy.kafka_topics import ensure_topics
-from deploy.local_servers import LocalServerError, local_servers, port_in_use
+from deploy.local_servers import LocalServerError, LocalWorker, local_servers, port_in_use
 from producers.gateway.server import serve
 
 if TYPE_CHECKING:
@@ -44,15 +45,17 @@ def run_locally(settings: Settings) -> None:
             get_settings.cache_clear()
             runtime = get_settings()
             ensure_topics(runtime)
-            _write_run_file(runtime, bootstrap, mongodb_uri)
-            logger.info(
-                "serving url=http://%s:%s kafka=%s mongodb=%s",
-                runtime.http_host,
-                runtime.http_port,
-                bootstrap,
-                mongodb_uri,
-            )
-            serve(runtime)
+            with LocalWorker(runtime.data_dir, runtime.worker_web_port) as worker:
+                logger.info("worker ready url=%s log=%s", worker.address, worker.log_file)
+                _write_run_file(runtime, bootstrap, mongodb_uri)
+                logger.info(
+                    "serving url=http://%s:%s kafka=%s mongodb=%s",
+                    runtime.http_host,
+                    runtime.http_port,
+                    bootstrap,
+                    mongodb_uri,
+                )
+                serve(runtime)
     except KeyboardInterrupt:
         logger.info("interrupted, stopped")
     finally:

@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -390,6 +391,28 @@ class LocalMongo(LocalServer):
     @property
     def address(self) -> str:
         return f"mongodb://{self.host}:{self.port}/?replicaSet={self.replica_set}"
+
+
+class LocalWorker(LocalServer):
+    """A stream worker (``clickstream worker``) as a child process, reading its settings
+    from the environment; ready once its web server answers."""
+
+    name = "worker"
+    port_setting = "CLICKSTREAM_WORKER_WEB_PORT"
+    stop_timeout = 60.0
+
+    def binary(self) -> Path:
+        return Path(sys.executable)
+
+    def command(self) -> list[str]:
+        return [str(self.binary()), "-m", "clickstream.cli", "worker"]
+
+    def probe(self) -> bool:
+        return _port_open(self.host, self.port)
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 SESSION_REGISTERED = "clickstream.SessionRegistered"
 SESSION_EVENT = "clickstream.SessionEvent"
+SESSION_MARKED_IRRELEVANT = "clickstream.SessionMarkedIrrelevant"
+RELEASE_REQUESTED = "clickstream.ReleaseRequested"
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:
@@ -90,3 +92,30 @@ class IngestMessages:
             )
             for event in batch.events
         ]
+
+    def irrelevant(self, session_id: str, now: float | None = None) -> OutgoingMessage:
+        """The SessionMarkedIrrelevant message: a change that goes through the stream."""
+        now = time.time() if now is None else now
+        record = {"session_id": session_id, "received_at_ms": int(now * 1000)}
+        return OutgoingMessage(
+            self._topics.sessions,
+            session_id.encode(),
+            self._codec.encode(SESSION_MARKED_IRRELEVANT, record),
+        )
+
+    def release_request(
+        self, release_id: str, min_idle_seconds: int, request_id: str, now: float | None = None
+    ) -> OutgoingMessage:
+        """The ReleaseRequested message, for the release coordinator."""
+        now = time.time() if now is None else now
+        record = {
+            "request_id": request_id,
+            "release_id": release_id,
+            "min_idle_seconds": min_idle_seconds,
+            "requested_at_ms": int(now * 1000),
+        }
+        return OutgoingMessage(
+            self._topics.releases,
+            release_id.encode(),
+            self._codec.encode(RELEASE_REQUESTED, record),
+        )

@@ -181,3 +181,85 @@ class EventsAccepted(BaseModel):
 
     session_id: str
     accepted: int = Field(description="How many events were published")
+
+
+class SessionRef(RequestModel):
+    """Names a registered session."""
+
+    session_id: Id
+
+
+class ReleaseIn(RequestModel):
+    """Release everything gathered so far as a batch."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"release_id": "090bda77a5e048d59a1e310dc20fbd6d"}]}
+    )
+
+    release_id: Id = Field(description="The idempotency key: the same id, the same batch.")
+    min_idle_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Sessions active more recently than this wait for the next release.",
+    )
+
+
+class IrrelevantAccepted(BaseModel):
+    session_id: str
+    is_irrelevant: bool
+
+
+class BatchOut(BaseModel):
+    """A batch: its status and, once released, its counts. Times are UTC seconds."""
+
+    batch_id: str = Field(description="24 hex characters: an ObjectId")
+    release_id: str
+    status: str = Field(description="releasing, then released")
+    requested_at: int
+    released_at: int | None
+    session_count: int | None
+    event_count: int | None
+    repeat_session_count: int | None = Field(
+        description="Sessions released before, back with new events"
+    )
+    partitions_done: int
+    partition_count: int
+
+
+class EventOut(BaseModel):
+    event_id: str
+    object_id: str
+    event_type: str
+    created_at: int
+    meta: dict[str, Any] | None
+
+
+class SearchResultOut(BaseModel):
+    object_id: str
+    rank: float | None
+    meta: dict[str, Any] | None
+
+
+class SessionOut(BaseModel):
+    """A session with its events, as the stream holds it."""
+
+    session_id: str
+    search_query: str
+    search_results: list[SearchResultOut]
+    search_meta: dict[str, Any] | None
+    user_id: str | None
+    created_at: int
+    is_irrelevant: bool
+    event_count: int
+    events: list[EventOut]
+
+
+class BatchSessionOut(SessionOut):
+    session_number: int
+    is_repeat: bool = Field(description="The session was in an earlier batch")
+
+
+class BatchSessionsPage(BaseModel):
+    batch_id: str
+    last_number: int = Field(description="Pass as after_number for the next page")
+    sessions: list[BatchSessionOut]

@@ -22,10 +22,38 @@ class Topics:
         """SessionEvent messages."""
         return f"{self.prefix}events"
 
+    @property
+    def releases(self) -> str:
+        """ReleaseRequested (from the gateway) and PartitionReleased (from partition owners),
+        read in order by the release coordinator: one partition."""
+        return f"{self.prefix}releases"
+
+    @property
+    def batches(self) -> str:
+        """BatchReleased: one message per complete batch, for fine-tuning jobs."""
+        return f"{self.prefix}batches"
+
+    @property
+    def dead_letter(self) -> str:
+        """DeadLetter: input the pipeline could not use, with the reason."""
+        return f"{self.prefix}dead-letter"
+
+    @property
+    def stream_app_id(self) -> str:
+        """The stream worker's consumer group; also prefixes its changelog topics."""
+        return f"{self.prefix}stream"
+
     def ingest(self) -> tuple[str, ...]:
         """The topics the gateway and the producer library write."""
         return (self.sessions, self.events)
 
-    def all(self) -> tuple[str, ...]:
-        """Every topic the pipeline owns (faust's changelog topics aside)."""
-        return self.ingest()
+    def layout(self, partitions: int) -> dict[str, int]:
+        """Every topic the pipeline creates, with its partition count (faust creates its
+        changelog topics itself)."""
+        return {
+            self.sessions: partitions,
+            self.events: partitions,
+            self.dead_letter: partitions,
+            self.releases: 1,
+            self.batches: 1,
+        }

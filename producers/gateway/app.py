@@ -9,13 +9,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from clickstream.batch_store import BatchStore
 from clickstream.settings import Settings, get_settings
 from producers.gateway.body_limit import BodySizeLimit
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
-from producers.gateway.routes import health, sessions
+from producers.gateway.routes import batches, health, sessions
+from producers.gateway.workers import WorkerClient
 from producers.ingest import IngestMessages
-from producers.models import EventsIn, SessionIn
+from producers.models import EventsIn, ReleaseIn, SessionIn, SessionRef
 from producers.publisher import KafkaPublisher
 from schemas import AvroCodec, Topics
 
@@ -39,16 +41,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher = KafkaPublisher(
             settings.kafka_producer_config(), settings.publish_timeout_seconds
         )
+        workers = WorkerClient(settings.worker_urls, settings.worker_request_timeout_seconds)
+        mongodb_url = settings.mongodb_url
+        store = BatchStore.connect(mongodb_url, settings.mongodb_database) if mongodb_url else None
         app.state.gateway = Gateway(
             settings=settings,
             topics=topics,
             messages=IngestMessages(AvroCodec(), topics),
             publisher=publisher,
+            workers=workers,
+            store=store,
         )
         try:
             yield
         finally:
             publisher.close()
+            await workers.close()
+            if store is not None:
+                store.close()
 
     app = FastAPI(
         title="Clickstream",
@@ -59,8 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     add_error_handlers(app, settings.retry_after_seconds)
     app.include_router(sessions.router)
+    app.include_router(batches.router)
     app.include_router(health.router)
-    _document_request_bodies(app, [SessionIn, EventsIn])
+    _document_request_bodies(app, [SessionIn, EventsIn, SessionRef, ReleaseIn])
     return app
 
 

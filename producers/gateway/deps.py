@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+
+from clickstream.batch_store import BatchStore
 
 if TYPE_CHECKING:
     from clickstream.settings import Settings
+    from producers.gateway.workers import WorkerClient
     from producers.ingest import IngestMessages
     from producers.publisher import KafkaPublisher
     from schemas import Topics
@@ -16,12 +19,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """What the routes use: settings, topic names, message builder and publisher."""
+    """What the routes use: settings, topic names, message builder, publisher, and the
+    readers of the stream's tables and of the MongoDB batches."""
 
     settings: Settings
     topics: Topics
     messages: IngestMessages
     publisher: KafkaPublisher
+    workers: WorkerClient
+    store: BatchStore | None
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -30,3 +36,15 @@ def get_gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_store(request: Request) -> BatchStore:
+    store = get_gateway(request).store
+    if store is None:
+        raise HTTPException(
+            status_code=503, detail="MongoDB is not configured (CLICKSTREAM_MONGODB_URI)"
+        )
+    return store
+
+
+StoreDep = Annotated[BatchStore, Depends(get_store)]

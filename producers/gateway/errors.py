@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from producers.exceptions import PublishUnavailableError
 from producers.gateway.request_body import MalformedJsonError
+from producers.gateway.workers import WorkersUnavailableError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -22,9 +23,10 @@ def add_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
     async def _unavailable(request: Request, exc: Exception) -> Response:
         return JSONResponse(
             status_code=503,
-            content={"detail": f"{exc}; nothing was accepted, retry later"},
+            content={"detail": f"{exc}; retry later"},
             headers={"Retry-After": str(retry_after_seconds)},
         )
 
     app.add_exception_handler(MalformedJsonError, _malformed_json)
     app.add_exception_handler(PublishUnavailableError, _unavailable)
+    app.add_exception_handler(WorkersUnavailableError, _unavailable)

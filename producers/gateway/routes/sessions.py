@@ -1,12 +1,22 @@
 """Registering sessions and adding their events: the two ingest endpoints."""
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 
+from clickstream.settings import get_settings
 from producers.gateway.deps import GatewayDep
 from producers.gateway.request_body import body_schema, parse_body
-from producers.models import EventsAccepted, EventsIn, SessionAccepted, SessionIn
+from producers.models import (
+    EventsAccepted,
+    EventsIn,
+    IrrelevantAccepted,
+    SessionAccepted,
+    SessionIn,
+    SessionOut,
+    SessionRef,
+)
 
 router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
 
@@ -38,3 +48,42 @@ async def add_events(request: Request, gateway: GatewayDep) -> EventsAccepted:
     batch = await parse_body(request, EventsIn)
     await gateway.publisher.publish(gateway.messages.events(batch, time.time()))
     return EventsAccepted(session_id=batch.session_id, accepted=len(batch.events))
+
+
+SessionIdQuery = Annotated[
+    str, Query(min_length=1, max_length=get_settings().max_id_length, description="The session")
+]
+
+
+@router.get(
+    "/session",
+    responses={
+        404: {"description": "No such session"},
+        503: {"description": "No stream worker answered"},
+    },
+)
+async def get_session(
+    session_id: SessionIdQuery,
+    gateway: GatewayDep,
+    events_limit: Annotated[int, Query(ge=0, le=10000)] = 100,
+) -> SessionOut:
+    """A session with ``is_irrelevant`` and its first ``events_limit`` events, as the stream's
+    tables hold it (a session appears once its registration has been processed)."""
+    session = await gateway.workers.session(session_id, events_limit)
+    if session is None:
+        raise HTTPException(status_code=404, detail=f"session {session_id!r} is not registered")
+    return SessionOut.model_validate(session)
+
+
+@router.post(
+    "/session/irrelevant",
+    responses={**REFUSALS, 404: {"description": "No such session"}},
+    openapi_extra=body_schema(SessionRef),
+)
+async def mark_irrelevant(request: Request, gateway: GatewayDep) -> IrrelevantAccepted:
+    """Mark a session irrelevant. The change goes through the stream like any other."""
+    ref = await parse_body(request, SessionRef)
+    if await gateway.workers.session(ref.session_id, events_limit=0) is None:
+        raise HTTPException(status_code=404, detail=f"session {ref.session_id!r} is not registered")
+    await gateway.publisher.publish([gateway.messages.irrelevant(ref.session_id, time.time())])
+    return IrrelevantAccepted(session_id=ref.session_id, is_irrelevant=True)

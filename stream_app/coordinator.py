@@ -1,0 +1,265 @@
+"""The release coordinator: turns release requests into markers and completed parts into
+batches, and announces each batch on the batch topic exactly once.
+
+It reads the releases topic, which has one partition, so one worker at a time coordinates
+(the consumer group picks it; another takes over when it stops) and sees requests and
+reports in one order. Each poll is processed in one Kafka transaction that also commits
+the consumed offsets: a batch announcement is committed together with the offset of the
+report that completed the batch, and a crash replays the poll with the announcement
+aborted. The report that completes a batch is found from MongoDB alone (the first report
+of each partition wins and keeps its offset), so a replay finds the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+from clickstream.batch_store import RELEASED, RELEASING, now_ms
+from schemas import MalformedMessageError, Topics
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message
+
+    from clickstream.batch_store import BatchStore
+    from clickstream.settings import Settings
+    from schemas import AvroCodec
+
+logger = logging.getLogger(__name__)
+
+RELEASE_MARKER = "clickstream.ReleaseMarker"
+PARTITION_TICK = "clickstream.PartitionTick"
+BATCH_RELEASED = "clickstream.BatchReleased"
+_KAFKA_TIMEOUT = 30.0
+
+
+def batch_id_for(message: Message) -> ObjectId:
+    """A batch id fixed by the request's place on the releases topic, so a replayed
+    request gets the same id: its timestamp, then a hash of topic, partition and offset."""
+    _, timestamp_ms = message.timestamp()
+    place = f"{message.topic()}:{message.partition()}:{message.offset()}".encode()
+    return ObjectId(
+        struct.pack(">I", max(timestamp_ms, 0) // 1000)
+        + hashlib.blake2b(place, digest_size=8).digest()
+    )
+
+
+class ReleaseCoordinator:
+    """Runs in a thread of every worker; the one assigned the releases partition works.
+
+    Args:
+        settings: ``CLICKSTREAM_*``; Kafka and topics from them.
+        store: the MongoDB batches.
+        avro: the shared codec.
+    """
+
+    def __init__(self, settings: Settings, store: BatchStore, avro: AvroCodec) -> None:
+        self._settings = settings
+        self._names = Topics(settings.topic_prefix)
+        self._store = store
+        self._avro = avro
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="release-coordinator", daemon=True)
+        self._transactional: Producer | None = None
+        self._last_tick = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._serve()
+            except Exception:
+                logger.exception("release coordinator failed; starting again")
+                self._stopping.wait(1.0)
+
+    def _serve(self) -> None:
+        settings = self._settings
+        consumer = Consumer(
+            {
+                **settings.kafka_common_config(),
+                "group.id": f"{settings.topic_prefix}release-coordinator",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        # Markers and ticks need no transaction: partition owners ignore repeats.
+        plain = Producer(settings.kafka_producer_config())
+        consumer.subscribe(
+            [self._names.releases], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        try:
+            while not self._stopping.is_set():
+                messages = consumer.consume(100, timeout=0.2)
+                if self._transactional is None:
+                    continue
+                self._maybe_tick(plain)
+                ready = [m for m in messages if not m.error()]
+                if ready:
+                    self._process(consumer, plain, self._transactional, ready)
+        finally:
+            self._drop_transactional()
+            consumer.close()
+            plain.flush(5)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions and self._transactional is None:
+            producer = Producer(
+                {
+                    **self._settings.kafka_producer_config(),
+                    "transactional.id": f"{self._settings.topic_prefix}release-coordinator",
+                }
+            )
+            # Fences a coordinator that lost the partition but still runs.
+            producer.init_transactions(_KAFKA_TIMEOUT)
+            self._transactional = producer
+            logger.info("release coordinator active")
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop_transactional()
+
+    def _drop_transactional(self) -> None:
+        producer, self._transactional = self._transactional, None
+        if producer is not None:
+            producer.flush(5)
+            logger.info("release coordinator inactive")
+
+    def _process(
+        self, consumer: Consumer, plain: Producer, producer: Producer, messages: list[Message]
+    ) -> None:
+        producer.begin_transaction()
+        try:
+            for message in messages:
+                self._handle(message, plain, producer)
+            if plain.flush(_KAFKA_TIMEOUT):
+                raise KafkaException("release markers were not acknowledged in time")
+            producer.send_offsets_to_transaction(
+                consumer.position(consumer.assignment()),
+                consumer.consumer_group_metadata(),
+                _KAFKA_TIMEOUT,
+            )
+            producer.commit_transaction(_KAFKA_TIMEOUT)
+        except Exception:
+            logger.exception("release coordinator poll failed; it will be replayed")
+            try:
+                producer.abort_transaction(_KAFKA_TIMEOUT)
+            except KafkaException:
+                self._transactional = None  # fenced or broken: built again on assignment
+                raise
+            self._rewind(consumer)
+            self._stopping.wait(1.0)
+
+    @staticmethod
+    def _rewind(consumer: Consumer) -> None:
+        """Go back to the committed offsets, to replay what the aborted transaction held."""
+        for tp in consumer.committed(consumer.assignment(), _KAFKA_TIMEOUT):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _handle(self, message: Message, plain: Producer, producer: Producer) -> None:
+        try:
+            decoded = self._avro.decode(message.value() or b"")
+        except MalformedMessageError as exc:
+            logger.warning("undecodable message on the releases topic skipped error=%s", exc)
+            return
+        if decoded.name == "clickstream.ReleaseRequested":
+            self._open(decoded.record, message, plain)
+        elif decoded.name == "clickstream.PartitionReleased":
+            self._record_part(decoded.record, message, producer)
+        else:
+            logger.warning("unexpected %s on the releases topic skipped", decoded.name)
+
+    def _open(self, request: dict[str, Any], message: Message, plain: Producer) -> None:
+        batch, created = self._store.open_release(
+            batch_id=batch_id_for(message),
+            release_id=request["release_id"],
+            request_id=request["request_id"],
+            min_idle_seconds=request["min_idle_seconds"],
+            requested_at_ms=request["requested_at_ms"],
+            partition_count=self._settings.topic_partitions,
+        )
+        if not created or batch.status != RELEASING:
+            return
+        marker = self._avro.encode(
+            RELEASE_MARKER,
+            {
+                "batch_id": batch.batch_id,
+                "release_id": batch.release_id,
+                "requested_at_ms": batch.requested_at_ms,
+                "min_idle_seconds": batch.min_idle_seconds,
+            },
+        )
+        for topic in self._names.ingest():
+            for partition in range(self._settings.topic_partitions):
+                plain.produce(topic, marker, partition=partition)
+        logger.info("release opened batch=%s release=%s", batch.batch_id, batch.release_id)
+
+    def _record_part(self, report: dict[str, Any], message: Message, producer: Producer) -> None:
+        batch_id = ObjectId(report["batch_id"])
+        counts = {
+            name: report[name]
+            for name in (
+                "session_count",
+                "event_count",
+                "repeat_session_count",
+                "deferred_session_count",
+            )
+        }
+        offset = message.offset() or 0
+        batch = self._store.record_partition(batch_id, report["partition"], counts, offset)
+        if batch is None or not batch.complete:
+            return
+        completing = max(part["offset"] for part in batch.partitions.values())
+        if completing != offset:
+            return  # completed by another report; this one is a repeat
+        if batch.total("session_count") == 0:
+            self._store.mark_empty(batch_id)
+            logger.info("release empty batch=%s release=%s", batch.batch_id, batch.release_id)
+            return
+        batch = self._store.mark_released(batch_id, now_ms())
+        if batch is None or batch.status != RELEASED:
+            return
+        announcement = {
+            "batch_id": batch.batch_id,
+            "release_id": batch.release_id,
+            "requested_at_ms": batch.requested_at_ms,
+            "released_at_ms": batch.released_at_ms,
+            "session_count": batch.total("session_count"),
+            "event_count": batch.total("event_count"),
+            "repeat_session_count": batch.total("repeat_session_count"),
+        }
+        producer.produce(
+            self._names.batches,
+            self._avro.encode(BATCH_RELEASED, announcement),
+            batch.batch_id.encode(),
+        )
+        logger.info(
+            "batch released batch=%s release=%s sessions=%s events=%s",
+            batch.batch_id,
+            batch.release_id,
+            announcement["session_count"],
+            announcement["event_count"],
+        )
+
+    def _maybe_tick(self, plain: Producer) -> None:
+        now = time.monotonic()
+        if now - self._last_tick < self._settings.tick_interval_seconds:
+            return
+        self._last_tick = now
+        tick = self._avro.encode(PARTITION_TICK, {"sent_at_ms": now_ms()})
+        for partition in range(self._settings.topic_partitions):
+            plain.produce(self._names.sessions, tick, partition=partition)
+        plain.poll(0)

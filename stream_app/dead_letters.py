@@ -1,0 +1,44 @@
+"""Dead letters: input the stream cannot use goes to the dead-letter topic with a reason,
+never silently away."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from schemas import AvroCodec
+
+DEAD_LETTER = "clickstream.DeadLetter"
+
+ORPHAN_EVENT_EXPIRED = "orphan_event_expired"
+CONFLICTING_REGISTRATION = "conflicting_registration"
+SESSION_NOT_REGISTERED = "session_not_registered"
+UNDECODABLE_MESSAGE = "undecodable_message"
+UNEXPECTED_MESSAGE = "unexpected_message"
+SNAPSHOT_TOO_LARGE = "snapshot_too_large"
+
+
+def dead_letter(
+    avro: AvroCodec,
+    *,
+    reason: str,
+    detail: str,
+    session_id: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    value: bytes | None,
+) -> bytes:
+    """An encoded DeadLetter message."""
+    record: dict[str, Any] = {
+        "reason": reason,
+        "detail": detail,
+        "session_id": session_id,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "value": value,
+        "dead_lettered_at_ms": int(time.time() * 1000),
+    }
+    return avro.encode(DEAD_LETTER, record)

@@ -1,0 +1,51 @@
+"""Reading a session from the tables over HTTP: any worker answers, forwarding the request
+to the worker that owns the session's partition (faust's table routing)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from clickstream.batch_store import public_session
+
+if TYPE_CHECKING:
+    import faust
+    from faust.types import TableT
+    from faust.web import Request, Response, View
+
+    from stream_app.join import SessionState
+
+SESSION_PATH = "/sessions/"
+DEFAULT_EVENTS_LIMIT = 100
+
+
+def public_state(state: SessionState, events_limit: int) -> dict[str, Any]:
+    """A registered session's table entry as the API shows it."""
+    registration = state["registration"]
+    return public_session(
+        {
+            "session_id": state["session_id"],
+            "search_query": registration["search_query"],
+            "search_results": registration["search_results"],
+            "search_meta": registration["search_meta"],
+            "user_id": registration["user_id"],
+            "created_at": registration["created_at"],
+            "is_irrelevant": state["irrelevant_offset"] is not None,
+            "events": state["events"],
+        },
+        events_limit,
+    )
+
+
+def attach_session_view(app: faust.App, sessions: TableT[str, SessionState]) -> None:
+    @app.page(SESSION_PATH)
+    @app.table_route(table=sessions, query_param="session_id")
+    async def session(web: View, request: Request) -> Response:
+        session_id = request.query["session_id"]
+        try:
+            events_limit = int(request.query.get("events_limit", DEFAULT_EVENTS_LIMIT))
+        except ValueError:
+            return web.json({"detail": "events_limit must be an integer"}, status=422)
+        state = sessions.get(session_id)
+        if state is None or state["registration"] is None:
+            return web.json({"detail": f"session {session_id!r} is not registered"}, status=404)
+        return web.json(public_state(state, max(events_limit, 0)))

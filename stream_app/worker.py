@@ -1,0 +1,35 @@
+"""``clickstream worker``: one stream worker process, with its release coordinator."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import faust
+
+from clickstream.batch_store import BatchStore
+from schemas import AvroCodec
+from stream_app.app import create_app
+from stream_app.coordinator import ReleaseCoordinator
+
+if TYPE_CHECKING:
+    from clickstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run until SIGINT or SIGTERM. Kafka and MongoDB come from the settings."""
+    if not settings.mongodb_url:
+        raise ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI")
+    store = BatchStore.connect(settings.mongodb_url, settings.mongodb_database)
+    store.ensure_indexes()
+    avro = AvroCodec()
+    app = create_app(settings, store, avro)
+    coordinator = ReleaseCoordinator(settings, store, avro)
+    coordinator.start()
+    try:
+        faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        coordinator.stop()
+        store.close()
