@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -57,11 +58,19 @@ class Settings(BaseSettings):
     worker_store: Literal["memory", "rocksdb"] = "memory"
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = Field(default=6066, ge=1, le=65535)
+    # The worker's static identity in its consumer groups: a worker restarted with the
+    # same id takes its partitions back at once. Unique per running worker; default
+    # <hostname>-<web port>.
+    worker_id: str | None = None
     # Where the gateway reads sessions from: any worker routes to the partition's owner.
     worker_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:6066"]
     )
     worker_request_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A worker that dies keeps its partitions this long, until the group notices. Some
+    # brokers (the local one) wait for the rebalance timeout instead: keep it short too.
+    worker_session_timeout_seconds: float = Field(default=10.0, ge=6)
+    worker_rebalance_timeout_seconds: float = Field(default=20.0, ge=6)
     # Events of a session never registered go to the dead-letter topic after this wait.
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
     # How often the release coordinator ticks every partition (expiry needs no traffic).
@@ -105,6 +114,27 @@ class Settings(BaseSettings):
             "socket.connection.setup.timeout.ms": max(timeout_ms, 1000),
             **self.kafka_common_config(bootstrap),
         }
+
+    def environment(self) -> dict[str, str]:
+        """These settings as ``CLICKSTREAM_*`` variables, for a process started from here."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"CLICKSTREAM_{name.upper()}"] = text
+        return env
+
+    @property
+    def worker_instance_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{self.worker_web_port}"
 
     @property
     def mongodb_url(self) -> str | None:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from typing import TYPE_CHECKING
 
 from clickstream.settings import Settings, get_settings
@@ -45,7 +46,8 @@ def run_locally(settings: Settings) -> None:
             get_settings.cache_clear()
             runtime = get_settings()
             ensure_topics(runtime)
-            with LocalWorker(runtime.data_dir, runtime.worker_web_port) as worker:
+            worker = LocalWorker(runtime.data_dir, runtime.worker_web_port)
+            with WorkerWatch(worker):
                 logger.info("worker ready url=%s log=%s", worker.address, worker.log_file)
                 _write_run_file(runtime, bootstrap, mongodb_uri)
                 logger.info(
@@ -60,6 +62,57 @@ def run_locally(settings: Settings) -> None:
         logger.info("interrupted, stopped")
     finally:
         run_file(settings).unlink(missing_ok=True)
+
+
+class WorkerWatch:
+    """Starts the local worker, starts it again whenever it dies, and stops it on exit.
+
+    It is started from the watching thread, which lives until the worker is stopped
+    (the worker gets SIGTERM from the kernel if that thread dies first).
+    """
+
+    def __init__(self, worker: LocalWorker, backoff_seconds: float = 2.0) -> None:
+        self._worker = worker
+        self._backoff = backoff_seconds
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+
+    def __enter__(self) -> LocalWorker:
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self._worker
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        try:
+            self._worker.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._error = exc
+            return
+        finally:
+            self._started.set()
+        try:
+            while not self._stopping.wait(0.5):
+                code = self._worker.exit_code()
+                if code is None:
+                    continue
+                logger.error(
+                    "worker exited code=%s, starting it again log=%s", code, self._worker.log_file
+                )
+                self._stopping.wait(self._backoff)
+                if not self._stopping.is_set():
+                    self._worker.start()
+        except LocalServerError as exc:
+            logger.error("worker could not be started again error=%s", exc)
+        finally:
+            self._worker.stop()
 
 
 def run_file(settings: Settings) -> Path:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Self
 from clickstream.exceptions import ClickstreamError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from types import TracebackType
 
     from clickstream.settings import Settings
@@ -93,9 +93,16 @@ class LocalServer(ABC):
     port_setting: str
     stop_timeout = 30.0
 
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = LOOPBACK) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        host: str = LOOPBACK,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.host = host
+        self.env = dict(env) if env is not None else None
         self._requested_port = port
         self.port = port or 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -148,6 +155,7 @@ class LocalServer(ABC):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - started from the main thread
+                env=self.env,
             )
         finally:
             log.close()
@@ -208,6 +216,19 @@ class LocalServer(ABC):
                 os.kill(pid, signal.SIGKILL)
             if self._process is not None and self._process.pid == pid:
                 self._process.wait()
+
+    def exit_code(self) -> int | None:
+        """The exit code if the process has ended (on its own), else None."""
+        return self._process.poll() if self._process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no clean shutdown."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+            with contextlib.suppress(OSError):
+                self.pid_file.unlink()
 
     def stop(self) -> None:
         """Stop the server by pid; its data stays in ``data_dir``."""
@@ -408,7 +429,15 @@ class LocalWorker(LocalServer):
         return [str(self.binary()), "-m", "clickstream.cli", "worker"]
 
     def probe(self) -> bool:
-        return _port_open(self.host, self.port)
+        """Ready once it has its partitions and their tables are recovered."""
+        if not _port_open(self.host, self.port):
+            return False
+        import httpx  # noqa: PLC0415
+
+        try:
+            return httpx.get(f"{self.address}/ready/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     @property
     def address(self) -> str:

@@ -184,10 +184,15 @@ class JoinAgent:
         key = partition_key(partition)
         state = self._partitions.get(key) or releases.new_partition_state(partition)
         outcome, cut = releases.on_marker(state, record, topic, event.message.offset)
+        logger.info(
+            "release marker batch=%s partition=%s topic=%s offset=%s outcome=%s",
+            record["batch_id"],
+            partition,
+            topic,
+            event.message.offset,
+            outcome.value,
+        )
         if outcome is releases.MarkerOutcome.STALE:
-            logger.warning(
-                "stale release marker ignored batch=%s partition=%s", record["batch_id"], partition
-            )
             return
         if cut is None:  # waiting for the marker on the other topic
             self._partitions[key] = state
@@ -240,9 +245,11 @@ class JoinAgent:
             "partition": partition,
             **counts,
         }
-        await self._topics.releases.send(
+        delivered = await self._topics.releases.send(
             key=cut["batch_id"].encode(), value=self._avro.encode(PARTITION_RELEASED, report)
         )
+        # Acknowledged before the marker is: the coordinator never waits for a lost report.
+        await delivered
         logger.info(
             "release part written batch=%s partition=%s sessions=%s events=%s deferred=%s",
             cut["batch_id"],

@@ -1,9 +1,10 @@
 """The release coordinator: turns release requests into markers and completed parts into
 batches, and announces each batch on the batch topic exactly once.
 
-It reads the releases topic, which has one partition, so one worker at a time coordinates
-(the consumer group picks it; another takes over when it stops) and sees requests and
-reports in one order. Each poll is processed in one Kafka transaction that also commits
+It reads the releases topic, which has one partition, in the faust leader worker only:
+one worker at a time coordinates (another takes over when the leader stops or dies) and
+sees requests and reports in one order. A new leader's transactional producer fences the
+old one's. Each poll is processed in one Kafka transaction that also commits
 the consumed offsets: a batch announcement is committed together with the offset of the
 report that completed the batch, and a crash replays the poll with the announcement
 aborted. The report that completes a batch is found from MongoDB alone (the first report
@@ -26,6 +27,8 @@ from clickstream.batch_store import RELEASED, RELEASING, now_ms
 from schemas import MalformedMessageError, Topics
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from confluent_kafka import Message
 
     from clickstream.batch_store import BatchStore
@@ -52,22 +55,29 @@ def batch_id_for(message: Message) -> ObjectId:
 
 
 class ReleaseCoordinator:
-    """Runs in a thread of every worker; the one assigned the releases partition works.
+    """Runs in a thread of every worker; works while its worker is the leader.
 
     Args:
         settings: ``CLICKSTREAM_*``; Kafka and topics from them.
         store: the MongoDB batches.
         avro: the shared codec.
+        is_leader: whether this worker leads its group now (see ``app.Leadership``).
     """
 
-    def __init__(self, settings: Settings, store: BatchStore, avro: AvroCodec) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: BatchStore,
+        avro: AvroCodec,
+        is_leader: Callable[[], bool],
+    ) -> None:
         self._settings = settings
         self._names = Topics(settings.topic_prefix)
         self._store = store
         self._avro = avro
+        self._is_leader = is_leader
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="release-coordinator", daemon=True)
-        self._transactional: Producer | None = None
         self._last_tick = 0.0
 
     def start(self) -> None:
@@ -79,63 +89,52 @@ class ReleaseCoordinator:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if not self._is_leader():
+                self._stopping.wait(0.5)
+                continue
             try:
-                self._serve()
+                self._lead()
             except Exception:
                 logger.exception("release coordinator failed; starting again")
                 self._stopping.wait(1.0)
 
-    def _serve(self) -> None:
+    def _lead(self) -> None:
+        """Coordinate until this worker stops leading."""
         settings = self._settings
+        releases = TopicPartition(self._names.releases, 0)
         consumer = Consumer(
             {
                 **settings.kafka_common_config(),
                 "group.id": f"{settings.topic_prefix}release-coordinator",
                 "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
             }
         )
         # Markers and ticks need no transaction: partition owners ignore repeats.
         plain = Producer(settings.kafka_producer_config())
-        consumer.subscribe(
-            [self._names.releases], on_assign=self._on_assign, on_revoke=self._on_revoke
+        producer = Producer(
+            {
+                **settings.kafka_producer_config(),
+                "transactional.id": f"{settings.topic_prefix}release-coordinator",
+            }
         )
         try:
-            while not self._stopping.is_set():
-                messages = consumer.consume(100, timeout=0.2)
-                if self._transactional is None:
-                    continue
+            producer.init_transactions(_KAFKA_TIMEOUT)  # fences the previous leader
+            self._rewind(consumer, [releases])
+            logger.info("release coordinator active")
+            while not self._stopping.is_set() and self._is_leader():
                 self._maybe_tick(plain)
+                # poll returns as soon as a message is there; then take what else is.
+                first = consumer.poll(0.2)
+                messages = [first, *consumer.consume(99, timeout=0)] if first else []
                 ready = [m for m in messages if not m.error()]
                 if ready:
-                    self._process(consumer, plain, self._transactional, ready)
+                    self._process(consumer, plain, producer, ready)
         finally:
-            self._drop_transactional()
+            logger.info("release coordinator inactive")
             consumer.close()
             plain.flush(5)
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions and self._transactional is None:
-            producer = Producer(
-                {
-                    **self._settings.kafka_producer_config(),
-                    "transactional.id": f"{self._settings.topic_prefix}release-coordinator",
-                }
-            )
-            # Fences a coordinator that lost the partition but still runs.
-            producer.init_transactions(_KAFKA_TIMEOUT)
-            self._transactional = producer
-            logger.info("release coordinator active")
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._drop_transactional()
-
-    def _drop_transactional(self) -> None:
-        producer, self._transactional = self._transactional, None
-        if producer is not None:
             producer.flush(5)
-            logger.info("release coordinator inactive")
 
     def _process(
         self, consumer: Consumer, plain: Producer, producer: Producer, messages: list[Message]
@@ -154,20 +153,22 @@ class ReleaseCoordinator:
             producer.commit_transaction(_KAFKA_TIMEOUT)
         except Exception:
             logger.exception("release coordinator poll failed; it will be replayed")
-            try:
-                producer.abort_transaction(_KAFKA_TIMEOUT)
-            except KafkaException:
-                self._transactional = None  # fenced or broken: built again on assignment
-                raise
-            self._rewind(consumer)
+            producer.abort_transaction(_KAFKA_TIMEOUT)  # raises if fenced: start again
+            self._rewind(consumer, consumer.assignment())
             self._stopping.wait(1.0)
 
     @staticmethod
-    def _rewind(consumer: Consumer) -> None:
-        """Go back to the committed offsets, to replay what the aborted transaction held."""
-        for tp in consumer.committed(consumer.assignment(), _KAFKA_TIMEOUT):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+    def _rewind(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """(Re)start at the committed offsets: what an aborted transaction held is replayed."""
+        committed = consumer.committed(partitions, _KAFKA_TIMEOUT)
+        consumer.assign(
+            [
+                TopicPartition(
+                    tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                )
+                for tp in committed
+            ]
+        )
 
     def _handle(self, message: Message, plain: Producer, producer: Producer) -> None:
         try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from stream_app.join import SessionState
 
 SESSION_PATH = "/sessions/"
+READY_PATH = "/ready/"
 DEFAULT_EVENTS_LIMIT = 100
 
 
@@ -49,3 +50,11 @@ def attach_session_view(app: faust.App, sessions: TableT[str, SessionState]) -> 
         if state is None or state["registration"] is None:
             return web.json({"detail": f"session {session_id!r} is not registered"}, status=404)
         return web.json(public_state(state, max(events_limit, 0)))
+
+    @app.page(READY_PATH)
+    async def ready(web: View, request: Request) -> Response:
+        """200 once this worker has its partitions and their tables are recovered."""
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        if app.rebalancing or app.in_recovery or not recovered:
+            return web.json({"status": "recovering"}, status=503)
+        return web.json({"status": "ready"})

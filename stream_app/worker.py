@@ -9,7 +9,7 @@ import faust
 
 from clickstream.batch_store import BatchStore
 from schemas import AvroCodec
-from stream_app.app import create_app
+from stream_app.app import Leadership, create_app
 from stream_app.coordinator import ReleaseCoordinator
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     store.ensure_indexes()
     avro = AvroCodec()
     app = create_app(settings, store, avro)
-    coordinator = ReleaseCoordinator(settings, store, avro)
+    coordinator = ReleaseCoordinator(settings, store, avro, Leadership(app))
     coordinator.start()
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

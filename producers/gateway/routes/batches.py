@@ -48,7 +48,9 @@ async def release(request: Request, gateway: GatewayDep, store: StoreDep) -> JSO
     ``releasing`` if that takes longer than ``CLICKSTREAM_RELEASE_WAIT_SECONDS``.
     """
     body = await parse_body(request, ReleaseIn)
-    deadline = time.monotonic() + gateway.settings.release_wait_seconds
+    settings = gateway.settings
+    started = time.monotonic()
+    deadline = started + settings.release_wait_seconds
     batch = await asyncio.to_thread(store.find_by_release, body.release_id)
     if batch is None:
         request_id = uuid.uuid4().hex
@@ -56,13 +58,15 @@ async def release(request: Request, gateway: GatewayDep, store: StoreDep) -> JSO
             body.release_id, body.min_idle_seconds, request_id
         )
         await gateway.publisher.publish([message])
-        batch = await _poll(lambda: store.find_by_request(request_id), deadline)
+        # However short the wait, give the coordinator time to name the batch.
+        named_by = max(deadline, started + settings.publish_timeout_seconds)
+        batch = await _poll(lambda: store.find_by_request(request_id), named_by)
         if batch is None:
             raise HTTPException(
                 status_code=503,
                 detail="the release coordinator did not answer in time; retry with the same "
                 "release_id",
-                headers={"Retry-After": str(gateway.settings.retry_after_seconds)},
+                headers={"Retry-After": str(settings.retry_after_seconds)},
             )
     if batch.status == RELEASING:
         batch_id = batch.batch_id
