@@ -17,7 +17,7 @@ test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy clickstream producers schemas stream_app deploy
+	$(BIN)/mypy clickstream producers schemas stream_app consumers deploy
 
 install: $(STAMP)
 

@@ -1,4 +1,5 @@
 pytest_plugins = [
     "tests.fixtures",
     "tests.producers.fixtures",
+    "tests.stream_app.fixtures",
 ]

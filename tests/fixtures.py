@@ -58,7 +58,7 @@ def codec() -> AvroCodec:
 
 @pytest.fixture
 def settings_factory(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, mongodb_uri: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[..., Settings]:
     """Builds settings on the test servers with topics of their own (a uuid prefix),
     created before they are returned."""
@@ -66,6 +66,9 @@ def settings_factory(
     def build(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "kafka_bootstrap": kafka_bootstrap,
+            "mongodb_uri": mongodb_uri,
+            # a database per test, like its topics
+            "mongodb_database": f"test_{uuid.uuid4().hex[:12]}",
             "topic_prefix": f"test-{uuid.uuid4().hex[:12]}.",
             "data_dir": tmp_path_factory.mktemp("data"),
             **overrides,

@@ -56,23 +56,26 @@ class TopicReader:
                 **self._config,
                 "group.id": f"reader-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
-                "enable.partition.eof": False,
+                "isolation.level": "read_committed",
             }
         )
         try:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+            assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends]
+            consumer.assign(assignment)
             out: list[Published] = []
-            remaining = dict(ends)
             deadline = time.monotonic() + timeout
-            while remaining:
+            # Transaction markers take offsets too: done once every position reaches its end.
+            while any(
+                tp.offset < ends[tp.partition]
+                for tp in consumer.position([TopicPartition(topic, p) for p in ends])
+            ):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic}: still expecting {remaining}")
-                batch = consumer.consume(1000, timeout=0.1)
-                for message in batch:
+                    raise TimeoutError(f"{topic}: did not reach the end offsets {ends}")
+                for message in consumer.consume(1000, timeout=0.1):
                     if message.error():
                         raise RuntimeError(message.error())
                     partition, offset = message.partition(), message.offset()
-                    if partition not in remaining or offset >= ends[partition]:
+                    if offset >= ends[partition]:
                         continue
                     value = message.value()
                     decoded = self._codec.decode(value)
@@ -87,8 +90,6 @@ class TopicReader:
                             value,
                         )
                     )
-                    if offset + 1 >= ends[partition]:
-                        del remaining[partition]
             return sorted(out, key=lambda m: (m.partition, m.offset))
         finally:
             consumer.close()

@@ -1,0 +1,1 @@
+"""Readers for the pipeline's consumers: fine-tuning jobs reading released batches."""

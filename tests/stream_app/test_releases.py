@@ -1,0 +1,201 @@
+"""Releasing batches: contents cut consistently, repeats, idleness, idempotency."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from pymongo import MongoClient
+
+from schemas import Topics
+from tests.utils.bulk import publish_sessions
+from tests.utils.kafka import TopicReader
+from tests.utils.payloads import event_body, new_id, session_body
+from tests.utils.pipeline import BATCH_SESSIONS_URL, RELEASE_URL, eventually, gateway_client
+
+if TYPE_CHECKING:
+    from schemas import AvroCodec
+    from tests.utils.pipeline import Pipeline
+
+
+def _announced(pipeline: Pipeline, codec: AvroCodec, count: int) -> list[str]:
+    """The batch ids on the batch topic once at least ``count`` are there: a batch is
+    announced in the transaction that follows marking it released in MongoDB."""
+    reader = TopicReader(pipeline.settings.kafka_common_config(), codec)
+    topic = Topics(pipeline.settings.topic_prefix).batches
+
+    def read() -> list[str] | None:
+        ids = [m.record["batch_id"] for m in reader.read(topic)]
+        return ids if len(ids) >= count else None
+
+    return eventually(read, timeout=10)  # type: ignore[no-any-return]
+
+
+def test_a_release_holds_what_was_acknowledged_before_it_and_the_next_holds_the_rest(
+    pipeline: Pipeline,
+) -> None:
+    before = [session_body() for _ in range(5)]
+    for session in before:
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body(), event_body()])
+
+    first = pipeline.release(new_id()).json()
+
+    after = session_body()
+    pipeline.register(after)
+    pipeline.add_events(after["session_id"], [event_body()])
+    second = pipeline.release(new_id()).json()
+    assert (first["session_count"], first["event_count"]) == (5, 10)
+    assert {s["session_id"] for s in pipeline.batch_sessions(first["batch_id"])} == {
+        s["session_id"] for s in before
+    }
+    assert (second["session_count"], second["event_count"]) == (1, 1)
+    [only] = pipeline.batch_sessions(second["batch_id"])
+    assert only["session_id"] == after["session_id"]
+
+
+def test_a_released_session_with_new_events_goes_again_whole_as_a_repeat(
+    pipeline: Pipeline, codec: AvroCodec
+) -> None:
+    returning, quiet = session_body(), session_body()
+    for session in (returning, quiet):
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body()])
+    first = pipeline.release(new_id()).json()
+    new_click = event_body()
+    pipeline.add_events(returning["session_id"], [new_click])
+
+    second = pipeline.release(new_id()).json()
+
+    assert first["repeat_session_count"] == 0
+    assert (second["session_count"], second["repeat_session_count"]) == (1, 1)
+    [again] = pipeline.batch_sessions(second["batch_id"])
+    assert again["session_id"] == returning["session_id"]
+    assert again["is_repeat"] is True
+    assert again["event_count"] == 2, "the whole history goes again"
+    assert again["events"][-1]["event_id"] == new_click["event_id"]
+    [before] = [s for s in pipeline.batch_sessions(first["batch_id"]) if s is not None][:1]
+    assert before["is_repeat"] is False
+    assert _announced(pipeline, codec, 2) == [first["batch_id"], second["batch_id"]]
+
+
+def test_min_idle_seconds_leaves_active_sessions_for_the_next_release(pipeline: Pipeline) -> None:
+    idle, active = session_body(), session_body()
+    pipeline.register(idle)
+    pipeline.add_events(idle["session_id"], [event_body()])
+    time.sleep(3)
+    pipeline.register(active)
+    pipeline.add_events(active["session_id"], [event_body()])
+
+    first = pipeline.release(new_id(), min_idle_seconds=2).json()
+    second = pipeline.release(new_id()).json()
+
+    assert [s["session_id"] for s in pipeline.batch_sessions(first["batch_id"])] == [
+        idle["session_id"]
+    ]
+    [left] = pipeline.batch_sessions(second["batch_id"])
+    assert left["session_id"] == active["session_id"]
+    assert left["is_repeat"] is False, "never released before"
+
+
+def test_twenty_identical_concurrent_releases_make_one_batch(
+    pipeline: Pipeline, codec: AvroCodec
+) -> None:
+    for _ in range(3):
+        session = session_body()
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body()])
+    release_id = new_id()
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: pipeline.release(release_id), range(20)))
+
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["batch_id"] for a in answers}) == 1
+    batch_id = answers[0].json()["batch_id"]
+    with MongoClient(pipeline.settings.mongodb_url) as client:
+        batches = list(client[pipeline.settings.mongodb_database].batches.find())
+    assert [str(b["_id"]) for b in batches] == [batch_id]
+    assert _announced(pipeline, codec, 1) == [batch_id]
+    assert len(pipeline.batch_sessions(batch_id)) == 3
+    assert pipeline.release(release_id).json() == answers[0].json(), "and later, the same answer"
+
+
+def test_nothing_to_release_is_404_creates_no_batch_and_keeps_the_release_id_free(
+    pipeline: Pipeline, codec: AvroCodec
+) -> None:
+    release_id = new_id()
+
+    nothing = pipeline.release(release_id)
+
+    assert nothing.status_code == 404
+    assert "nothing to release" in nothing.json()["detail"]
+    with MongoClient(pipeline.settings.mongodb_url) as client:
+        db = client[pipeline.settings.mongodb_database]
+        assert db.batches.count_documents({"release_id": release_id}) == 0
+        assert db.batches.count_documents({"status": "released"}) == 0
+    session = session_body()
+    pipeline.register(session)
+    later = pipeline.release(release_id)
+    assert later.status_code == 200
+    assert later.json()["session_count"] == 1
+    assert pipeline.batch(nothing.json().get("batch_id", "0" * 24)).status_code == 404
+    assert _announced(pipeline, codec, 1) == [later.json()["batch_id"]]
+
+
+def test_a_slow_release_answers_202_then_completes_on_its_own(pipeline: Pipeline) -> None:
+    ids = publish_sessions(pipeline.settings, sessions=6000, events_each=2)
+    pipeline.wait_session(ids[-1], events=2)
+    impatient = pipeline.settings.model_copy(update={"release_wait_seconds": 0.5})
+
+    with gateway_client(impatient, pipeline.workers) as gateway:
+        accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
+
+    assert accepted.status_code == 202, accepted.text
+    answer = accepted.json()
+    assert answer["status"] == "releasing"
+    assert answer["session_count"] is None
+    done = eventually(lambda: pipeline.batch(answer["batch_id"]).json()["status"] == "released")
+    assert done
+    assert pipeline.batch(answer["batch_id"]).json()["session_count"] == 6000
+
+
+def test_reading_a_batch_pages_by_session_number(pipeline: Pipeline) -> None:
+    sessions = [session_body() for _ in range(7)]
+    for session in sessions:
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body() for _ in range(3)])
+    batch_id = pipeline.release(new_id()).json()["batch_id"]
+
+    pages = []
+    after = 0
+    while True:
+        page = pipeline.gateway.get(
+            BATCH_SESSIONS_URL,
+            params={"batch_id": batch_id, "after_number": after, "limit": 3, "events_limit": 2},
+        ).json()
+        if not page["sessions"]:
+            assert page["last_number"] == after
+            break
+        pages.append(page["sessions"])
+        after = page["last_number"]
+
+    assert [len(p) for p in pages] == [3, 3, 1]
+    read = [s for page in pages for s in page]
+    numbers = [s["session_number"] for s in read]
+    assert numbers == sorted(numbers)
+    assert len(set(numbers)) == 7
+    assert {s["session_id"] for s in read} == {s["session_id"] for s in sessions}
+    assert all(len(s["events"]) == 2 and s["event_count"] == 3 for s in read)
+
+
+def test_reading_an_unknown_or_malformed_batch(pipeline: Pipeline) -> None:
+    unknown = "0123456789abcdef01234567"
+
+    assert pipeline.batch(unknown).status_code == 404
+    assert pipeline.batch("not-an-object-id").status_code == 422
+    assert pipeline.gateway.get(BATCH_SESSIONS_URL, params={"batch_id": unknown}).status_code == 404
+    assert pipeline.gateway.get(BATCH_SESSIONS_URL, params={"batch_id": "xyz"}).status_code == 422
+    assert pipeline.release("").status_code == 422
+    assert pipeline.release(new_id(), min_idle_seconds=-1).status_code == 422
