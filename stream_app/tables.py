@@ -32,6 +32,21 @@ class AvroRecordCodec(codecs.Codec):
         return self._avro.decode(s).record
 
 
+class RawKeyTable(faust.Table):  # type: ignore[type-arg]
+    """A table keyed by the raw UTF-8 ``session_id``, its values in one Avro record schema.
+
+    Faust derives a table's serializers from its key and value types (JSON for plain types)
+    and ignores a schema's. They are set here, before ``app.tables.add`` builds the
+    changelog topic from them: with JSON keys, faust's router would hash other bytes than
+    the producers partition by and send a lookup to a worker that does not own the session.
+    """
+
+    def __init__(self, app: faust.App, *, value_serializer: str, **kwargs: Any) -> None:
+        super().__init__(app, key_type=str, **kwargs)
+        self.key_serializer = "raw"
+        self.value_serializer = value_serializer
+
+
 @dataclass(frozen=True, slots=True)
 class StreamTables:
     sessions: TableT[str, dict[str, Any]]
@@ -49,14 +64,15 @@ def declare_tables(app: faust.App, avro: AvroCodec, partitions: int) -> StreamTa
         codecs.register(name, AvroRecordCodec(avro, name))
 
     def table(name: str, value_serializer: str, help_: str) -> TableT[str, dict[str, Any]]:
-        return app.Table(
-            name,
+        table = RawKeyTable(
+            app,
+            name=name,
             partitions=partitions,
-            schema=faust.Schema(
-                key_type=str, key_serializer="raw", value_serializer=value_serializer
-            ),
+            value_serializer=value_serializer,
+            beacon=app.tables.beacon,
             help=help_,
         )
+        return app.tables.add(table)  # type: ignore[return-value]
 
     return StreamTables(
         sessions=table("sessions", SESSION_STATE, "Sessions joined with their events"),
