@@ -1,10 +1,11 @@
-"""`clickstream run` (what `make run` calls): serves the seed's calls on real local
-servers, stops everything it started on SIGTERM, and keeps what was accepted."""
+"""`clickstream run` (what `make run` calls): serves the seed's calls, release included, on
+real local servers, stops everything it started on SIGTERM, and keeps what was accepted."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,13 +85,21 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
 
         registered = httpx.post(f"{run.url}/api/v1/clickstream/session", json=session)
         added = httpx.post(f"{run.url}/api/v1/clickstream/session/events", json=events)
+        released = httpx.post(
+            f"{run.url}/api/v1/clickstream/internal/batch/release",
+            json={"release_id": "090bda77a5e048d59a1e310dc20fbd6d"},
+            timeout=60,
+        )
     finally:
         output = run.terminate()
 
     assert registered.status_code == 200
     assert added.json() == {"session_id": session["session_id"], "accepted": 3}
+    assert released.status_code == 200, released.text
+    assert re.fullmatch("[0-9a-f]{24}", released.json()["batch_id"])
+    assert (released.json()["session_count"], released.json()["event_count"]) == (1, 3)
     assert run.process.returncode == 0, output
-    assert len(pids) == 2, "a broker and a mongod"
+    assert len(pids) == 3, "a broker, a mongod and a stream worker"
     assert not [pid for pid in pids if is_running(pid)], "no server outlives the run"
     assert not list(data_dir.glob("*.pid"))
     assert servers["http_url"] == run.url
@@ -100,6 +109,12 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
         servers = again.wait_ready()
         reader = TopicReader({"bootstrap.servers": servers["kafka_bootstrap"]}, codec)
         kept = reader.read(Topics().sessions)
+        batch = httpx.get(
+            f"{again.url}/api/v1/clickstream/internal/batch",
+            params={"batch_id": released.json()["batch_id"]},
+        )
     finally:
         again.terminate()
-    assert [m.record["session_id"] for m in kept] == [session["session_id"]]
+    registrations = [m for m in kept if m.name == "clickstream.SessionRegistered"]
+    assert [m.record["session_id"] for m in registrations] == [session["session_id"]]
+    assert batch.json() == released.json(), "the batch outlives the run"
