@@ -43,6 +43,10 @@ def run_locally(settings: Settings) -> None:
             # Processes started from here read the same servers from the environment.
             os.environ["CLICKSTREAM_KAFKA_BOOTSTRAP"] = bootstrap
             os.environ["CLICKSTREAM_MONGODB_URI"] = mongodb_uri
+            # The gateway reads sessions from the worker started here, wherever it listens.
+            os.environ["CLICKSTREAM_WORKER_URLS"] = (
+                f"http://{settings.worker_web_host}:{settings.worker_web_port}"
+            )
             get_settings.cache_clear()
             runtime = get_settings()
             ensure_topics(runtime)

@@ -33,9 +33,14 @@ CLI = Path(sys.executable).parent / "clickstream"
 class Run:
     """One `clickstream run` process with its own data dir and port."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, worker_port: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
-        env |= {"CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_HTTP_PORT": str(port)}
+        env |= {
+            "CLICKSTREAM_DATA_DIR": str(data_dir),
+            "CLICKSTREAM_HTTP_PORT": str(port),
+            # beside a `make run`, whose worker has the default port
+            "CLICKSTREAM_WORKER_WEB_PORT": str(worker_port),
+        }
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
@@ -75,8 +80,8 @@ def data_dir(tmp_path: Path) -> Path:
 def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     data_dir: Path, codec: AvroCodec
 ) -> None:
-    port = free_port()
-    run = Run(data_dir, port)
+    port, worker_port = free_port(), free_port()
+    run = Run(data_dir, port, worker_port)
     try:
         servers = run.wait_ready()
         pids = run.server_pids()
@@ -104,7 +109,7 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     assert not list(data_dir.glob("*.pid"))
     assert servers["http_url"] == run.url
 
-    again = Run(data_dir, port)
+    again = Run(data_dir, port, worker_port)
     try:
         servers = again.wait_ready()
         reader = TopicReader({"bootstrap.servers": servers["kafka_bootstrap"]}, codec)
