@@ -65,6 +65,18 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
+def _answers_ok(host: str, port: int, url: str) -> bool:
+    """Whether an HTTP server listens on the port and answers 200 at ``url``."""
+    if not _port_open(host, port):
+        return False
+    import httpx  # noqa: PLC0415 - only the worker and gateway probes need it
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the process that started it dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -155,7 +167,11 @@ class LocalServer(ABC):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - started from the main thread
-                env=self.env,
+                # Processes that read their settings from the environment learn their port.
+                env={
+                    **(os.environ if self.env is None else self.env),
+                    self.port_setting: str(self.port),
+                },
             )
         finally:
             log.close()
@@ -430,14 +446,28 @@ class LocalWorker(LocalServer):
 
     def probe(self) -> bool:
         """Ready once it has its partitions and their tables are recovered."""
-        if not _port_open(self.host, self.port):
-            return False
-        import httpx  # noqa: PLC0415
+        return _answers_ok(self.host, self.port, f"{self.address}/ready/")
 
-        try:
-            return httpx.get(f"{self.address}/ready/", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class LocalGateway(LocalServer):
+    """The HTTP gateway (``clickstream gateway``) as a child process, reading its settings
+    from the environment; ready once Kafka is reachable and has the topics."""
+
+    name = "gateway"
+    port_setting = "CLICKSTREAM_HTTP_PORT"
+
+    def binary(self) -> Path:
+        return Path(sys.executable)
+
+    def command(self) -> list[str]:
+        return [str(self.binary()), "-m", "clickstream.cli", "gateway"]
+
+    def probe(self) -> bool:
+        return _answers_ok(self.host, self.port, f"{self.address}/ready")
 
     @property
     def address(self) -> str:
