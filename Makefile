@@ -14,6 +14,9 @@ run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foregro
 test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
 	$(BIN)/pytest
 
+bench: $(STAMP)  ## Every benchmark scenario on servers of its own (BENCH_SECONDS, default 10)
+	$(BIN)/python -m tests.perf.bench
+
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

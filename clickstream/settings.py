@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # brokers (the local one) wait for the rebalance timeout instead: keep it short too.
     worker_session_timeout_seconds: float = Field(default=10.0, ge=6)
     worker_rebalance_timeout_seconds: float = Field(default=20.0, ge=6)
+    # How long the worker's producer gathers table changes into one request to the broker:
+    # sent one by one, each change costs a round trip and the join is bound by them.
+    worker_producer_linger_seconds: float = Field(default=0.005, ge=0)
     # Events of a session never registered go to the dead-letter topic after this wait.
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
     # How often the release coordinator ticks every partition (expiry needs no traffic).

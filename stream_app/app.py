@@ -72,6 +72,7 @@ def create_app(settings: Settings, store: BatchStore, avro: AvroCodec | None = N
         broker_rebalance_timeout=settings.worker_rebalance_timeout_seconds,
         consumer_group_instance_id=settings.worker_instance_id,
         producer_acks=-1,
+        producer_linger=settings.worker_producer_linger_seconds,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,

@@ -1,0 +1,340 @@
+"""The load generator: a process of its own, so its CPU is measured apart from what it loads.
+
+``python -m tests.perf.load '<json spec>'`` runs one load and prints one JSON line with the
+figures and the generator's own CPU use (user + system seconds over wall seconds).
+
+HTTP is spoken by hand over keep-alive connections: a general-purpose client in Python
+spends more CPU per request than the gateway does, and would be the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvloop
+from confluent_kafka import Producer
+
+from clickstream.settings import Settings
+from producers.ingest import IngestMessages
+from producers.models import EventsIn, SessionIn
+from schemas import AvroCodec, Topics
+
+EVENTS_PATH = "/api/v1/clickstream/session/events"
+SESSION_PATH = "/api/v1/clickstream/session"
+
+
+def _id() -> str:
+    return uuid.uuid4().hex
+
+
+def session_json(session_id: str) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "search_query": "red running shoes",
+        "search_results": [{"object_id": f"o{i}", "rank": 1.0 - i / 10} for i in range(10)],
+        "search_meta": {"lang": "en"},
+        "user_id": "u1",
+    }
+
+
+def events_json(session_id: str, count: int) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "events": [
+            {"event_id": _id(), "object_id": f"o{i % 10}", "meta": {"position": i % 10}}
+            for i in range(count)
+        ],
+    }
+
+
+def post(path: str, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self._writer.write(raw)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        body = await self._reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    failed: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def count(self, status: int, latency_ms: float) -> None:
+        if 200 <= status < 300:
+            self.ok += 1
+        else:
+            self.failed += 1
+            self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+        self.latencies_ms.append(latency_ms)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _bodies(kind: str, events_per_request: int, count: int) -> list[bytes]:
+    """Requests built before the clock starts: building them is the client's work."""
+    if kind == "events":
+        return [post(EVENTS_PATH, events_json(_id(), events_per_request)) for _ in range(count)]
+    return [post(SESSION_PATH, session_json(_id())) for _ in range(count)]
+
+
+async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    """``connections`` clients, each sending its next request as soon as it is answered:
+    the most the server sustains."""
+    host, port, seconds = spec["host"], spec["port"], spec["seconds"]
+    bodies = _bodies("events", spec["events_per_request"], spec.get("distinct_bodies", 4000))
+    tally = Tally()
+    connections = [await Connection.open(host, port) for _ in range(spec["connections"])]
+    deadline = time.perf_counter() + seconds
+
+    async def client(index: int, connection: Connection) -> None:
+        i = index
+        while time.perf_counter() < deadline:
+            raw = bodies[i % len(bodies)]
+            i += len(connections)
+            started = time.perf_counter()
+            status, _ = await connection.request(raw)
+            tally.count(status, (time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i, c) for i, c in enumerate(connections)))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
+    return _summary(tally, elapsed, spec["events_per_request"])
+
+
+async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    """Requests sent at a fixed rate whatever the answers; latency counts from when each
+    request was due, so a stalled server cannot hide its queue (no coordinated omission)."""
+    host, port, seconds, rate = spec["host"], spec["port"], spec["seconds"], spec["rate"]
+    total = int(rate * seconds)
+    bodies = _bodies("events", spec["events_per_request"], min(total, 4000))
+    tally = Tally()
+    idle: list[Connection] = [await Connection.open(host, port) for _ in range(32)]
+
+    async def send(raw: bytes, due: float) -> None:
+        connection = idle.pop() if idle else await Connection.open(host, port)
+        status, _ = await connection.request(raw)
+        tally.count(status, (time.perf_counter() - due) * 1000)
+        idle.append(connection)
+
+    tasks = []
+    started = time.perf_counter()
+    for n in range(total):
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(bodies[n % len(bodies)], due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    for connection in idle:
+        connection.close()
+    return _summary(tally, elapsed, spec["events_per_request"]) | {"offered_per_s": rate}
+
+
+async def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
+    """Events offered at ``events_per_s`` in requests of ``events_per_request``; for a sample
+    of requests, the time from the gateway's 2xx until GET session shows the events."""
+    host, port, seconds = spec["host"], spec["port"], spec["seconds"]
+    per_request, rate = (
+        spec["events_per_request"],
+        spec["events_per_s"] / spec["events_per_request"],
+    )
+    sample_every = spec["sample_every"]
+    total = int(rate * seconds)
+    setup = await Connection.open(host, port)
+    background = [_id() for _ in range(50)]
+    probes = [_id() for _ in range(total // sample_every + 1)]
+    for session_id in background + probes:
+        status, _ = await setup.request(post(SESSION_PATH, session_json(session_id)))
+        assert status == 200, status
+    tally = Tally()
+    visible_ms: list[float] = []
+    idle: list[Connection] = [await Connection.open(host, port) for _ in range(16)]
+
+    async def send(n: int, due: float) -> None:
+        probe = n % sample_every == 0
+        session_id = probes[n // sample_every] if probe else background[n % len(background)]
+        connection = idle.pop() if idle else await Connection.open(host, port)
+        status, _ = await connection.request(
+            post(EVENTS_PATH, events_json(session_id, per_request))
+        )
+        acknowledged = time.perf_counter()
+        tally.count(status, (acknowledged - due) * 1000)
+        if probe and status == 200:
+            query = get(f"{SESSION_PATH}?session_id={session_id}&events_limit=0")
+            while True:
+                status, body = await connection.request(query)
+                if status == 200 and json.loads(body)["event_count"] >= per_request:
+                    visible_ms.append((time.perf_counter() - acknowledged) * 1000)
+                    break
+                if time.perf_counter() - acknowledged > 30:
+                    break
+                await asyncio.sleep(0.005)
+        idle.append(connection)
+
+    tasks = []
+    started = time.perf_counter()
+    for n in range(total):
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(n, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    return _summary(tally, elapsed, per_request) | {
+        "offered_events_per_s": spec["events_per_s"],
+        "samples": len(visible_ms),
+        "unseen_samples": len(probes)
+        - len(visible_ms)
+        - (len(probes) * sample_every - total) // sample_every,
+        "e2e_p50_ms": percentile(visible_ms, 0.50),
+        "e2e_p99_ms": percentile(visible_ms, 0.99),
+    }
+
+
+def raw_produce(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same Avro event messages the gateway makes, produced straight to Kafka with the
+    gateway's producer settings, as fast as the client goes: the ceiling for the gateway."""
+    settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
+    builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
+    batch = EventsIn.model_validate(events_json(_id(), 100))
+    messages = builder.events(batch, time.time())
+    producer = Producer(settings.kafka_producer_config())
+    produced = 0
+    deadline = time.perf_counter() + spec["seconds"]
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        for message in messages:
+            while True:
+                try:
+                    producer.produce(message.topic, message.value, message.key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        produced += len(messages)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    elapsed = time.perf_counter() - started
+    return {
+        "events": produced - remaining,
+        "seconds": elapsed,
+        "events_per_s": (produced - remaining) / elapsed,
+    }
+
+
+def publish_sessions(spec: dict[str, Any]) -> dict[str, Any]:
+    """``sessions`` sessions of ``events_each`` events, straight to Kafka (as a service using
+    the producer library would), for the stream and release scenarios."""
+    settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
+    builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
+    producer = Producer(settings.kafka_producer_config())
+    now = time.time()
+    count = 0
+    started = time.perf_counter()
+    for _ in range(spec["sessions"]):
+        session_id = _id()
+        session = builder.session(SessionIn.model_validate(session_json(session_id)), now)
+        events = builder.events(
+            EventsIn.model_validate(events_json(session_id, spec["events_each"])), now
+        )
+        for message in (session.message, *events):
+            while True:
+                try:
+                    producer.produce(message.topic, message.value, message.key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            count += 1
+        producer.poll(0)
+    remaining = producer.flush(120)
+    return {"messages": count - remaining, "seconds": time.perf_counter() - started}
+
+
+def _summary(tally: Tally, elapsed: float, events_per_request: int) -> dict[str, Any]:
+    return {
+        "requests_ok": tally.ok,
+        "requests_failed": tally.failed,
+        "failed_statuses": tally.statuses,
+        "seconds": elapsed,
+        "requests_per_s": tally.ok / elapsed,
+        "events_per_s": tally.ok * events_per_request / elapsed,
+        "p50_ms": percentile(tally.latencies_ms, 0.50),
+        "p99_ms": percentile(tally.latencies_ms, 0.99),
+    }
+
+
+SCENARIOS = {
+    "closed_loop": closed_loop,
+    "open_loop": open_loop,
+    "end_to_end": end_to_end,
+}
+SYNC_SCENARIOS = {"raw_produce": raw_produce, "publish_sessions": publish_sessions}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    wall = time.perf_counter()
+    kind = spec["scenario"]
+    if kind in SYNC_SCENARIOS:
+        result = SYNC_SCENARIOS[kind](spec)
+    else:
+        result = uvloop.run(SCENARIOS[kind](spec))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter() - wall
+    result["load_cpu_cores"] = (usage.ru_utime + usage.ru_stime) / wall
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
