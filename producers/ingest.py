@@ -15,9 +15,14 @@ if TYPE_CHECKING:
     from schemas import AvroCodec, Topics
 
 SESSION_REGISTERED = "clickstream.SessionRegistered"
-SESSION_EVENT = "clickstream.SessionEvent"
+SESSION_EVENTS = "clickstream.SessionEvents"
 SESSION_MARKED_IRRELEVANT = "clickstream.SessionMarkedIrrelevant"
 RELEASE_REQUESTED = "clickstream.ReleaseRequested"
+# A request's events go in one message up to about this many bytes, then in more: one
+# message per request is what makes the gateway and the worker fast, and the cap keeps
+# every message far below Kafka's default limit of 1 MB whatever the events carry.
+MAX_EVENTS_MESSAGE_BYTES = 256 * 1024
+_EVENT_OVERHEAD_BYTES = 32
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:
@@ -69,28 +74,50 @@ class IngestMessages:
         return PreparedSession(message, created_at)
 
     def events(self, batch: EventsIn, now: float | None = None) -> list[OutgoingMessage]:
-        """One SessionEvent message per event, all keyed by the session."""
+        """The request's events in SessionEvents messages keyed by the session, in order:
+        one message, or more if they exceed ``MAX_EVENTS_MESSAGE_BYTES``."""
         now = time.time() if now is None else now
-        now_seconds, now_ms = int(now), int(now * 1000)
-        topic, key, encode = self._topics.events, batch.session_id.encode(), self._codec.encode
+        now_seconds = int(now)
+        chunks: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for event in batch.events:
+            meta = _json_or_none(event.meta)
+            item = {
+                "event_id": event.event_id,
+                "object_id": event.object_id,
+                "event_type": event.event_type,
+                "created_at": now_seconds if event.created_at is None else event.created_at,
+                "meta": meta,
+            }
+            # Characters, not bytes: close enough for a cap that sits far below the limit.
+            item_size = (
+                _EVENT_OVERHEAD_BYTES
+                + len(event.event_id)
+                + len(event.object_id)
+                + len(event.event_type)
+                + (len(meta) if meta else 0)
+            )
+            if chunks[-1] and size + item_size > MAX_EVENTS_MESSAGE_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += item_size
+        key, received_at_ms = batch.session_id.encode(), int(now * 1000)
         return [
             OutgoingMessage(
-                topic,
+                self._topics.events,
                 key,
-                encode(
-                    SESSION_EVENT,
+                self._codec.encode(
+                    SESSION_EVENTS,
                     {
                         "session_id": batch.session_id,
-                        "event_id": event.event_id,
-                        "object_id": event.object_id,
-                        "event_type": event.event_type,
-                        "created_at": now_seconds if event.created_at is None else event.created_at,
-                        "meta": _json_or_none(event.meta),
-                        "received_at_ms": now_ms,
+                        "events": chunk,
+                        "received_at_ms": received_at_ms,
                     },
                 ),
             )
-            for event in batch.events
+            for chunk in chunks
+            if chunk
         ]
 
     def irrelevant(self, session_id: str, now: float | None = None) -> OutgoingMessage:

@@ -76,7 +76,7 @@ class ClickstreamProducer:
         """Add events to a session; all or nothing, like ``POST .../session/events``."""
         batch, messages = self._prepare_events(session_id, events)
         self._publisher.publish_sync(messages)
-        return EventsAccepted(session_id=batch.session_id, accepted=len(messages))
+        return EventsAccepted(session_id=batch.session_id, accepted=len(batch.events))
 
     async def register_session_async(
         self, session: SessionIn | Mapping[str, Any]
@@ -92,7 +92,7 @@ class ClickstreamProducer:
         """:meth:`add_events` for asyncio code: waits without blocking the loop."""
         batch, messages = self._prepare_events(session_id, events)
         await self._publisher.publish(messages)
-        return EventsAccepted(session_id=batch.session_id, accepted=len(messages))
+        return EventsAccepted(session_id=batch.session_id, accepted=len(batch.events))
 
     def close(self) -> None:
         """Deliver anything still queued and release the connection."""

@@ -19,7 +19,7 @@ class Topics:
 
     @property
     def events(self) -> str:
-        """SessionEvent messages."""
+        """SessionEvents messages (a request's events), and SessionEvent (one event)."""
         return f"{self.prefix}events"
 
     @property

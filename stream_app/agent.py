@@ -78,6 +78,7 @@ class JoinAgent:
             (names.sessions, "clickstream.SessionMarkedIrrelevant"): self._on_irrelevant,
             (names.sessions, "clickstream.ReleaseMarker"): self._on_sessions_marker,
             (names.sessions, "clickstream.PartitionTick"): self._on_tick,
+            (names.events, "clickstream.SessionEvents"): self._on_events,
             (names.events, "clickstream.SessionEvent"): self._on_event,
             (names.events, "clickstream.ReleaseMarker"): self._on_events_marker,
         }
@@ -124,11 +125,20 @@ class JoinAgent:
                 session_id=record["session_id"],
             )
 
+    async def _on_events(self, record: dict[str, Any], event: Event) -> None:
+        self._add_events(record["session_id"], record["events"], record["received_at_ms"], event)
+
     async def _on_event(self, record: dict[str, Any], event: Event) -> None:
+        """One event alone: what producers of other languages may send."""
+        self._add_events(record["session_id"], [record], record["received_at_ms"], event)
+
+    def _add_events(
+        self, session_id: str, events: list[dict[str, Any]], received_at_ms: int, event: Event
+    ) -> None:
         message = event.message
-        state = self._state(record["session_id"], message.partition)
-        if join.add_event(state, record, message.offset):
-            self._sessions[record["session_id"]] = state
+        state = self._state(session_id, message.partition)
+        if join.add_events(state, events, received_at_ms, message.offset):
+            self._sessions[session_id] = state  # one table write for the whole message
 
     async def _on_irrelevant(self, record: dict[str, Any], event: Event) -> None:
         state = self._sessions.get(record["session_id"])

@@ -13,7 +13,10 @@ Each stored item keeps the offset it came from: release cuts compare offsets.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 SessionState = dict[str, Any]
 
@@ -66,27 +69,35 @@ def conflicting_fields(state: SessionState, record: dict[str, Any]) -> list[str]
     return [name for name in _IDENTITY_FIELDS if registration.get(name) != record[name]]
 
 
-def add_event(state: SessionState, record: dict[str, Any], offset: int) -> bool:
-    """Apply a SessionEvent record at ``offset``; False if its ``event_id`` is known."""
-    event_id = record["event_id"]
-    # Scanned from the end: a retried request repeats recent events.
-    for stored in reversed(state["events"]):
-        if stored["event_id"] == event_id:
-            return False
-    state["events"].append(
-        {
-            "event_id": event_id,
-            "object_id": record["object_id"],
-            "event_type": record["event_type"],
-            "created_at": record["created_at"],
-            "meta": record["meta"],
-            "received_at_ms": record["received_at_ms"],
-            "offset": offset,
-        }
-    )
-    if state["registration"] is None and state["waiting_since_ms"] is None:
-        state["waiting_since_ms"] = record["received_at_ms"]
-    return True
+def add_events(
+    state: SessionState, events: Iterable[dict[str, Any]], received_at_ms: int, offset: int
+) -> int:
+    """Apply the events of one message read at ``offset``, in order; how many were new.
+    An ``event_id`` the session already has (a retry, or a repeat within the message) is
+    dropped: first write wins."""
+    stored = state["events"]
+    known = {e["event_id"] for e in stored}
+    added = 0
+    for event in events:
+        event_id = event["event_id"]
+        if event_id in known:
+            continue
+        known.add(event_id)
+        stored.append(
+            {
+                "event_id": event_id,
+                "object_id": event["object_id"],
+                "event_type": event["event_type"],
+                "created_at": event["created_at"],
+                "meta": event["meta"],
+                "received_at_ms": received_at_ms,
+                "offset": offset,
+            }
+        )
+        added += 1
+    if added and state["registration"] is None and state["waiting_since_ms"] is None:
+        state["waiting_since_ms"] = received_at_ms
+    return added
 
 
 def mark_irrelevant(state: SessionState, offset: int) -> bool:

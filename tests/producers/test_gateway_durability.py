@@ -73,5 +73,5 @@ def test_broker_down_gives_503_then_a_retry_is_accepted(
     reader = TopicReader(settings.kafka_common_config(), codec)
     [registered] = reader.read(topics.sessions)
     assert registered.record["session_id"] == session["session_id"]
-    published_ids = [m.record["event_id"] for m in reader.read(topics.events)]
+    published_ids = [event["event_id"] for _, event in reader.read_events(topics.events)]
     assert set(published_ids) == {e["event_id"] for e in events["events"]}

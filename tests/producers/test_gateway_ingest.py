@@ -6,6 +6,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
+from producers.ingest import MAX_EVENTS_MESSAGE_BYTES
 from schemas import from_json_text
 from tests.utils.payloads import event_body, events_body, new_id, session_body
 
@@ -93,18 +94,17 @@ def test_seed_events_are_published_one_message_each_on_the_session_partition(
     assert response.status_code == 200
     assert response.json() == {"session_id": session["session_id"], "accepted": 3}
     [registered] = published.read(topics.sessions)
-    events = published.read(topics.events)
-    assert [e.record["event_id"] for e in events] == [e["event_id"] for e in body["events"]]
-    for message, sent in zip(events, body["events"], strict=True):
-        assert message.name == "clickstream.SessionEvent"
-        assert message.key == session["session_id"].encode()
-        assert message.partition == registered.partition, (
-            "a session and its events share a partition"
-        )
-        assert message.record["session_id"] == session["session_id"]
-        assert message.record["object_id"] == sent["object_id"]
-        assert message.record["event_type"] == "click"
-    first, second, third = (e.record for e in events)
+    [message] = published.read(topics.events)
+    assert message.name == "clickstream.SessionEvents", "a request's events in one message"
+    assert message.key == session["session_id"].encode()
+    assert message.partition == registered.partition, "a session and its events share a partition"
+    assert message.record["session_id"] == session["session_id"]
+    events = message.record["events"]
+    assert [e["event_id"] for e in events] == [e["event_id"] for e in body["events"]]
+    for item, sent in zip(events, body["events"], strict=True):
+        assert item["object_id"] == sent["object_id"]
+        assert item["event_type"] == "click"
+    first, second, third = events
     assert from_json_text(first["meta"]) == {"position": 1}
     assert (first["created_at"], second["created_at"]) == (now - 10, now - 9)
     assert third["meta"] is None
@@ -124,7 +124,7 @@ def test_event_type_and_meta_win_over_defaults_and_alias(
 
     assert gateway.post(EVENTS_URL, json=body).status_code == 200
 
-    first, second = (m.record for m in published.read(topics.events))
+    first, second = (event for _, event in published.read_events(topics.events))
     assert first["event_type"] == "add_to_cart"
     assert from_json_text(first["meta"]) == {"from": "meta"}
     assert second["event_type"] == "click"
@@ -151,11 +151,11 @@ def test_free_form_objects_pass_through_losslessly(
     assert gateway.post(EVENTS_URL, json=events).status_code == 200
 
     [registered] = published.read(topics.sessions)
-    [event] = published.read(topics.events)
+    [(_, event)] = published.read_events(topics.events)
     for text in (
         registered.record["search_meta"],
         registered.record["search_results"][0]["meta"],
-        event.record["meta"],
+        event["meta"],
     ):
         decoded = from_json_text(text)
         assert decoded == meta
@@ -186,3 +186,21 @@ def test_health_ready_and_openapi(gateway: TestClient) -> None:
     assert schemas["SessionIn"]["examples"][0]["session_id"] == "c327c30bd3db459093e5f5d254bdd144"
     assert len(schemas["EventsIn"]["examples"][0]["events"]) == 3
     assert EVENTS_URL in document["paths"]
+
+
+def test_a_request_of_large_events_is_split_into_messages_in_order(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    body = events_body(new_id(), count=20)
+    for event in body["events"]:
+        event["meta"] = {"blob": "x" * 40_000}  # 800 KB in all, under the body limit
+
+    response = gateway.post(EVENTS_URL, json=body)
+
+    assert response.status_code == 200, response.text
+    messages = published.read(topics.events)
+    assert len(messages) > 1
+    assert all(len(m.raw) < MAX_EVENTS_MESSAGE_BYTES + 64 * 1024 for m in messages)
+    assert len({m.partition for m in messages}) == 1
+    sent = [e["event_id"] for e in body["events"]]
+    assert [event["event_id"] for _, event in published.read_events(topics.events)] == sent

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from confluent_kafka import Producer
+
 from schemas import Topics
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import event_body, new_id, session_body
@@ -40,6 +42,33 @@ def test_events_before_their_session_wait_and_join_it(pipeline: Pipeline) -> Non
         early[1]["event_id"],
         late["event_id"],
     ]
+
+
+def test_a_single_event_message_from_another_producer_joins_its_session(
+    pipeline: Pipeline, codec: AvroCodec
+) -> None:
+    session = session_body()
+    pipeline.register(session)
+    record = {
+        "session_id": session["session_id"],
+        "event_id": new_id(),
+        "object_id": "o",
+        "event_type": "view",
+        "created_at": 1,
+        "meta": '{"from": "java"}',
+        "received_at_ms": 1,
+    }
+    producer = Producer(pipeline.settings.kafka_producer_config())
+    producer.produce(
+        Topics(pipeline.settings.topic_prefix).events,
+        codec.encode("clickstream.SessionEvent", record),
+        session["session_id"].encode(),
+    )
+    assert producer.flush(10) == 0
+
+    [shown] = pipeline.wait_session(session["session_id"], events=1)["events"]
+    assert (shown["event_id"], shown["event_type"]) == (record["event_id"], "view")
+    assert shown["meta"] == {"from": "java"}
 
 
 def test_retried_requests_never_double_a_click(pipeline: Pipeline) -> None:

@@ -22,17 +22,18 @@ def _session(
 ) -> dict[str, Any]:
     state = join.new_state(session_id, partition)
     for offset in events:
-        join.add_event(
+        join.add_events(
             state,
-            {
-                "session_id": session_id,
-                "event_id": f"e{offset}",
-                "object_id": "o",
-                "event_type": "click",
-                "created_at": 1,
-                "meta": None,
-                "received_at_ms": active_ms,
-            },
+            [
+                {
+                    "event_id": f"e{offset}",
+                    "object_id": "o",
+                    "event_type": "click",
+                    "created_at": 1,
+                    "meta": None,
+                }
+            ],
+            active_ms,
             offset,
         )
     if registered_at is not None:
@@ -108,9 +109,7 @@ def test_the_next_release_takes_new_sessions_and_repeats_sessions_with_new_event
     returning, quiet = _session("returning", 0, [1]), _session("quiet", 1, [2])
     first = releases.select(first_cut, [returning, quiet])
     releases.record_release(state, first_cut, first, history=10)
-    join.add_event(
-        returning, {**returning["events"][0], "session_id": "returning", "event_id": "new"}, 8
-    )
+    join.add_events(returning, [{**returning["events"][0], "event_id": "new"}], 1_000, 8)
     newcomer = _session("newcomer", 4, [9])
 
     second_cut = _cut(state, sessions_offset=6, events_offset=12, batch_id="b2" * 12)
@@ -153,9 +152,7 @@ def test_a_replayed_marker_gives_the_same_part_with_the_same_numbers() -> None:
         releases.batch_session_document(batch_id, cut, item, releases.session_number(rank, 2, 6))
         for rank, item in enumerate(selection.included)
     ]
-    join.add_event(
-        sessions[0], {**sessions[0]["events"][0], "session_id": "s0", "event_id": "x"}, 30
-    )
+    join.add_events(sessions[0], [{**sessions[0]["events"][0], "event_id": "x"}], 1_000, 30)
 
     outcome, replayed_cut = releases.on_marker(state, _marker(), releases.SESSIONS, 5)
     assert outcome is MarkerOutcome.REPLAY

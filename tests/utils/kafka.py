@@ -47,6 +47,19 @@ class TopicReader:
     def count(self, topic: str) -> int:
         return sum(self.end_offsets(topic).values())
 
+    def read_events(self, topic: str) -> list[tuple[Published, dict[str, Any]]]:
+        """Each event on an events topic, as a SessionEvent record, with its message."""
+        out = []
+        for message in self.read(topic):
+            if message.name != "clickstream.SessionEvents":
+                continue
+            common = {
+                "session_id": message.record["session_id"],
+                "received_at_ms": message.record["received_at_ms"],
+            }
+            out.extend((message, {**common, **item}) for item in message.record["events"])
+        return out
+
     def read(self, topic: str, timeout: float = 20.0) -> list[Published]:
         ends = {p: end for p, end in self.end_offsets(topic).items() if end > 0}
         if not ends:
