@@ -9,7 +9,11 @@ import faust
 
 from schemas import AvroCodec, Topics
 from stream_app.agent import JoinAgent
-from stream_app.faust_fixes import flush_buffer_completely, take_every_fetched_message
+from stream_app.faust_fixes import (
+    flush_buffer_completely,
+    never_pause_on_full_buffer,
+    take_every_fetched_message,
+)
 from stream_app.session_view import attach_session_view
 from stream_app.tables import declare_tables
 from stream_app.topics import declare_topics
@@ -36,7 +40,7 @@ class StreamApp(faust.App):
     """
 
     def _new_consumer(self) -> ConsumerT:
-        return take_every_fetched_message(super()._new_consumer())
+        return never_pause_on_full_buffer(take_every_fetched_message(super()._new_consumer()))
 
     def _new_producer(self) -> ProducerT:
         return flush_buffer_completely(super()._new_producer())

@@ -17,6 +17,14 @@ its offset was committed.
    gives up as soon as no message leaves the buffer for 0.1 s, so a busy worker can
    commit offsets whose table changes are still only in memory. Here the flush waits
    until the buffer is empty.
+
+3. When the agent's buffer fills, faust stops fetching the partition that filled it and
+   resumes it from a callback of that buffer once it drains. A worker restarted after a
+   crash replays thousands of messages at once; in about one restart of five a partition
+   was never resumed, and the release waiting on its marker never completed. The worker
+   has one agent, so every partition feeds the same buffer and pausing one buys nothing:
+   here a full buffer makes the fetcher wait on it instead (faust's own put blocks), a
+   backpressure that keeps no state to lose.
 """
 
 from __future__ import annotations
@@ -46,6 +54,14 @@ class _NoReadOffsets(dict[Any, Any]):
 
 def take_every_fetched_message(consumer: ConsumerT) -> ConsumerT:
     consumer._read_offset = _NoReadOffsets()  # type: ignore[attr-defined]
+    return consumer
+
+
+def never_pause_on_full_buffer(consumer: ConsumerT) -> ConsumerT:
+    def keep_fetching(tp: Any) -> None:
+        pass
+
+    consumer.on_buffer_full = keep_fetching  # type: ignore[method-assign]
     return consumer
 
 
