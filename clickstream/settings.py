@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # How long the worker's producer gathers table changes into one request to the broker:
     # sent one by one, each change costs a round trip and the join is bound by them.
     worker_producer_linger_seconds: float = Field(default=0.005, ge=0)
+    # How long the worker's consumer waits after a fetch that brought nothing, for brokers
+    # that answer empty fetches at once instead of holding them (see faust_fixes).
+    worker_empty_fetch_backoff_seconds: float = Field(default=0.005, ge=0)
     # Events of a session never registered go to the dead-letter topic after this wait.
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
     # How often the release coordinator ticks every partition (expiry needs no traffic).

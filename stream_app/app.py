@@ -10,6 +10,7 @@ import faust
 from schemas import AvroCodec, Topics
 from stream_app.agent import JoinAgent
 from stream_app.faust_fixes import (
+    back_off_empty_fetches,
     flush_buffer_completely,
     never_pause_on_full_buffer,
     take_every_fetched_message,
@@ -60,6 +61,7 @@ def create_app(settings: Settings, store: BatchStore, avro: AvroCodec | None = N
     """The faust app of one worker. Workers of a deployment share its consumer group
     (``<prefix>stream``) and split the partitions between them."""
     avro = avro or AvroCodec()
+    back_off_empty_fetches(settings.worker_empty_fetch_backoff_seconds)
     names = Topics(settings.topic_prefix)
     bootstrap = settings.kafka_common_config()["bootstrap.servers"]
     web_url = f"http://{settings.worker_web_host}:{settings.worker_web_port}"
