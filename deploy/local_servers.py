@@ -430,48 +430,46 @@ class LocalMongo(LocalServer):
         return f"mongodb://{self.host}:{self.port}/?replicaSet={self.replica_set}"
 
 
-class LocalWorker(LocalServer):
-    """A stream worker (``clickstream worker``) as a child process, reading its settings
-    from the environment; ready once its web server answers."""
+class LocalHttpProcess(LocalServer):
+    """A Python process of ours serving HTTP, reading its settings from the environment;
+    ready once ``ready_path`` answers 200."""
 
-    name = "worker"
-    port_setting = "CLICKSTREAM_WORKER_WEB_PORT"
-    stop_timeout = 60.0
+    ready_path: str
 
     def binary(self) -> Path:
         return Path(sys.executable)
+
+    def probe(self) -> bool:
+        return _answers_ok(self.host, self.port, f"{self.address}{self.ready_path}")
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class LocalWorker(LocalHttpProcess):
+    """A stream worker (``clickstream worker``) as a child process; ready once it has its
+    partitions and their tables are recovered."""
+
+    name = "worker"
+    port_setting = "CLICKSTREAM_WORKER_WEB_PORT"
+    ready_path = "/ready/"
+    stop_timeout = 60.0
 
     def command(self) -> list[str]:
         return [str(self.binary()), "-m", "clickstream.cli", "worker"]
 
-    def probe(self) -> bool:
-        """Ready once it has its partitions and their tables are recovered."""
-        return _answers_ok(self.host, self.port, f"{self.address}/ready/")
 
-    @property
-    def address(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-class LocalGateway(LocalServer):
-    """The HTTP gateway (``clickstream gateway``) as a child process, reading its settings
-    from the environment; ready once Kafka is reachable and has the topics."""
+class LocalGateway(LocalHttpProcess):
+    """The HTTP gateway (``clickstream gateway``) as a child process; ready once Kafka is
+    reachable and has the topics."""
 
     name = "gateway"
     port_setting = "CLICKSTREAM_HTTP_PORT"
-
-    def binary(self) -> Path:
-        return Path(sys.executable)
+    ready_path = "/ready"
 
     def command(self) -> list[str]:
         return [str(self.binary()), "-m", "clickstream.cli", "gateway"]
-
-    def probe(self) -> bool:
-        return _answers_ok(self.host, self.port, f"{self.address}/ready")
-
-    @property
-    def address(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 @contextlib.contextmanager
