@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 from confluent_kafka import Producer
@@ -25,6 +25,11 @@ from clickstream.settings import Settings
 from producers.ingest import IngestMessages
 from producers.models import EventsIn, SessionIn
 from schemas import AvroCodec, Topics
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from producers.publisher import OutgoingMessage
 
 EVENTS_PATH = "/api/v1/clickstream/session/events"
 SESSION_PATH = "/api/v1/clickstream/session"
@@ -151,6 +156,21 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     return _summary(tally, elapsed, spec["events_per_request"])
 
 
+async def paced(total: int, rate: float, send: Callable[[int, float], Awaitable[None]]) -> float:
+    """Start ``send(n, due)`` for each of ``total`` requests at ``rate`` per second, whatever
+    the answers, and wait for all; the seconds it took."""
+    tasks = []
+    started = time.perf_counter()
+    for n in range(total):
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(n, due)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
+
+
 async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """Requests sent at a fixed rate whatever the answers; latency counts from when each
     request was due, so a stalled server cannot hide its queue (no coordinated omission)."""
@@ -160,22 +180,13 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     tally = Tally()
     idle: list[Connection] = [await Connection.open(host, port) for _ in range(32)]
 
-    async def send(raw: bytes, due: float) -> None:
+    async def send(n: int, due: float) -> None:
         connection = idle.pop() if idle else await Connection.open(host, port)
-        status, _ = await connection.request(raw)
+        status, _ = await connection.request(bodies[n % len(bodies)])
         tally.count(status, (time.perf_counter() - due) * 1000)
         idle.append(connection)
 
-    tasks = []
-    started = time.perf_counter()
-    for n in range(total):
-        due = started + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(send(bodies[n % len(bodies)], due)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
+    elapsed = await paced(total, rate, send)
     for connection in idle:
         connection.close()
     return _summary(tally, elapsed, spec["events_per_request"]) | {"offered_per_s": rate}
@@ -199,9 +210,11 @@ async def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
         assert status == 200, status
     tally = Tally()
     visible_ms: list[float] = []
+    sampled = 0
     idle: list[Connection] = [await Connection.open(host, port) for _ in range(16)]
 
     async def send(n: int, due: float) -> None:
+        nonlocal sampled
         probe = n % sample_every == 0
         session_id = probes[n // sample_every] if probe else background[n % len(background)]
         connection = idle.pop() if idle else await Connection.open(host, port)
@@ -211,6 +224,7 @@ async def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
         acknowledged = time.perf_counter()
         tally.count(status, (acknowledged - due) * 1000)
         if probe and status == 200:
+            sampled += 1
             query = get(f"{SESSION_PATH}?session_id={session_id}&events_limit=0")
             while True:
                 status, body = await connection.request(query)
@@ -222,55 +236,98 @@ async def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(0.005)
         idle.append(connection)
 
-    tasks = []
-    started = time.perf_counter()
-    for n in range(total):
-        due = started + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(send(n, due)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
+    elapsed = await paced(total, rate, send)
     return _summary(tally, elapsed, per_request) | {
         "offered_events_per_s": spec["events_per_s"],
         "samples": len(visible_ms),
-        "unseen_samples": len(probes)
-        - len(visible_ms)
-        - (len(probes) * sample_every - total) // sample_every,
+        "unseen_samples": sampled - len(visible_ms),
         "e2e_p50_ms": percentile(visible_ms, 0.50),
         "e2e_p99_ms": percentile(visible_ms, 0.99),
     }
 
 
+def _produce(
+    producer: Producer, message: OutgoingMessage, on_delivery: Callable[..., None] | None = None
+) -> None:
+    """Produce, waiting for room whenever the client's queue is full."""
+    while True:
+        try:
+            producer.produce(message.topic, message.value, message.key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.01)
+
+
 def raw_produce(spec: dict[str, Any]) -> dict[str, Any]:
-    """The same Avro event messages the gateway makes, produced straight to Kafka with the
-    gateway's producer settings, as fast as the client goes: the ceiling for the gateway."""
+    """The gateway's messages for requests of ``events_per_request`` events, built before the
+    clock starts and produced straight to Kafka with the gateway's producer settings, as
+    fast as the client goes: the ceiling for the gateway's batch rate."""
     settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
     builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
-    batch = EventsIn.model_validate(events_json(_id(), 100))
-    messages = builder.events(batch, time.time())
+    now = time.time()
+    requests = [
+        builder.events(EventsIn.model_validate(events_json(_id(), spec["events_per_request"])), now)
+        for _ in range(2000)
+    ]
+    per_message = spec["events_per_request"]
+    assert all(len(messages) == 1 for messages in requests), "one message per request"
+    failed = 0
+
+    def delivered(err: Any, _msg: Any) -> None:
+        nonlocal failed
+        if err is not None:
+            failed += 1
+
     producer = Producer(settings.kafka_producer_config())
     produced = 0
     deadline = time.perf_counter() + spec["seconds"]
     started = time.perf_counter()
     while time.perf_counter() < deadline:
-        for message in messages:
-            while True:
-                try:
-                    producer.produce(message.topic, message.value, message.key)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-        produced += len(messages)
+        for [message] in requests[produced % len(requests) :][:100]:
+            _produce(producer, message, delivered)
+            produced += 1
         producer.poll(0)
     remaining = producer.flush(60)
     elapsed = time.perf_counter() - started
+    acknowledged = (produced - remaining - failed) * per_message
     return {
-        "events": produced - remaining,
+        "events": acknowledged,
+        "failed_messages": failed + remaining,
         "seconds": elapsed,
-        "events_per_s": (produced - remaining) / elapsed,
+        "events_per_s": acknowledged / elapsed,
     }
+
+
+def raw_latency(spec: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's one-event messages produced straight to Kafka at ``rate`` per second,
+    each timed from when it was due to its acknowledgement: the latency floor that the
+    broker itself sets under the gateway's single-event load."""
+    settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
+    builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
+    now, rate = time.time(), spec["rate"]
+    total = int(rate * spec["seconds"])
+    messages = [
+        builder.events(EventsIn.model_validate(events_json(_id(), 1)), now)[0]
+        for _ in range(min(total, 4000))
+    ]
+    tally = Tally()
+    producer = Producer(settings.kafka_producer_config())
+    started = time.perf_counter()
+    for n in range(total):
+        due = started + n / rate
+        while time.perf_counter() < due:
+            producer.poll(0.0005)
+        message = messages[n % len(messages)]
+        producer.produce(
+            message.topic,
+            message.value,
+            message.key,
+            on_delivery=lambda err, _msg, due=due: tally.count(
+                500 if err else 200, (time.perf_counter() - due) * 1000
+            ),
+        )
+    producer.flush(60)
+    return _summary(tally, time.perf_counter() - started, 1) | {"offered_per_s": rate}
 
 
 def publish_sessions(spec: dict[str, Any]) -> dict[str, Any]:
@@ -289,12 +346,7 @@ def publish_sessions(spec: dict[str, Any]) -> dict[str, Any]:
             EventsIn.model_validate(events_json(session_id, spec["events_each"])), now
         )
         for message in (session.message, *events):
-            while True:
-                try:
-                    producer.produce(message.topic, message.value, message.key)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            _produce(producer, message)
             count += 1
         producer.poll(0)
     remaining = producer.flush(120)
@@ -319,7 +371,11 @@ SCENARIOS = {
     "open_loop": open_loop,
     "end_to_end": end_to_end,
 }
-SYNC_SCENARIOS = {"raw_produce": raw_produce, "publish_sessions": publish_sessions}
+SYNC_SCENARIOS = {
+    "raw_produce": raw_produce,
+    "raw_latency": raw_latency,
+    "publish_sessions": publish_sessions,
+}
 
 
 def main() -> None:
