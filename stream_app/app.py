@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
 
     from clickstream.batch_store import BatchStore
     from clickstream.settings import Settings
-
-
-logger = logging.getLogger(__name__)
 
 
 class StreamApp(faust.App):

@@ -123,18 +123,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _bodies(kind: str, events_per_request: int, count: int) -> list[bytes]:
-    """Requests built before the clock starts: building them is the client's work."""
-    if kind == "events":
-        return [post(EVENTS_PATH, events_json(_id(), events_per_request)) for _ in range(count)]
-    return [post(SESSION_PATH, session_json(_id())) for _ in range(count)]
+def _bodies(events_per_request: int, count: int) -> list[bytes]:
+    """Events requests built before the clock starts: building them is the client's work."""
+    return [post(EVENTS_PATH, events_json(_id(), events_per_request)) for _ in range(count)]
 
 
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """``connections`` clients, each sending its next request as soon as it is answered:
     the most the server sustains."""
     host, port, seconds = spec["host"], spec["port"], spec["seconds"]
-    bodies = _bodies("events", spec["events_per_request"], spec.get("distinct_bodies", 4000))
+    bodies = _bodies(spec["events_per_request"], spec.get("distinct_bodies", 4000))
     tally = Tally()
     connections = [await Connection.open(host, port) for _ in range(spec["connections"])]
     deadline = time.perf_counter() + seconds
@@ -176,7 +174,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     request was due, so a stalled server cannot hide its queue (no coordinated omission)."""
     host, port, seconds, rate = spec["host"], spec["port"], spec["seconds"], spec["rate"]
     total = int(rate * seconds)
-    bodies = _bodies("events", spec["events_per_request"], min(total, 4000))
+    bodies = _bodies(spec["events_per_request"], min(total, 4000))
     tally = Tally()
     idle: list[Connection] = [await Connection.open(host, port) for _ in range(32)]
 
