@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from schemas import from_json_text
@@ -107,19 +107,30 @@ def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict
         "created_at": doc["created_at"],
         "is_irrelevant": doc["is_irrelevant"],
         "event_count": doc.get("event_count", len(doc["events"])),
-        "events": [
-            {
-                "event_id": e["event_id"],
-                "object_id": e["object_id"],
-                "event_type": e["event_type"],
-                "created_at": e["created_at"],
-                "meta": from_json_text(e["meta"]),
-            }
-            for e in events
-        ],
+        "events": [_public_event(e) for e in events],
     }
     if "session_number" in doc:
-        out = {"session_number": doc["session_number"], **out, "is_repeat": doc["is_repeat"]}
+        out = {
+            "session_number": doc["session_number"],
+            **out,
+            "is_repeat": doc["is_repeat"],
+            # Batches written before repeats named their new events hold neither field.
+            "previous_batch_id": doc.get("previous_batch_id"),
+            "new_event_count": doc.get("new_event_count", out["event_count"]),
+        }
+    return out
+
+
+def _public_event(event: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "event_id": event["event_id"],
+        "object_id": event["object_id"],
+        "event_type": event["event_type"],
+        "created_at": event["created_at"],
+        "meta": from_json_text(event["meta"]),
+    }
+    if "is_new" in event:
+        out["is_new"] = event["is_new"]
     return out
 
 
@@ -160,6 +171,8 @@ class BatchStore:
         self.sessions.create_index(
             [("batch_id", ASCENDING), ("session_number", ASCENDING)], unique=True
         )
+        # A retired session that gets events again is brought back from its latest copy.
+        self.sessions.create_index([("session_id", ASCENDING), ("batch_id", DESCENDING)])
 
     # -- the release coordinator --------------------------------------------------------
 
@@ -253,6 +266,15 @@ class BatchStore:
                 [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in chunk],
                 ordered=False,
             )
+
+    def latest_session(self, session_id: str) -> dict[str, Any] | None:
+        """The session's copy in its latest batch (batch ids grow with time), without its
+        events; None if it was never released."""
+        return self.sessions.find_one(
+            {"session_id": session_id},
+            {"events": 0},
+            sort=[("batch_id", DESCENDING)],
+        )
 
     # -- readers ------------------------------------------------------------------------
 

@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     # Input limits: requests beyond them are refused with a 4xx and publish nothing.
     max_id_length: int = Field(default=128, ge=1)
     max_events_per_request: int = Field(default=1000, ge=1)
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A request must fit in one Kafka message (1 MB by default), and so in one table value.
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
     created_at_max_age_seconds: int = Field(default=12 * 3600, ge=0)
     created_at_max_ahead_seconds: int = Field(default=5 * 60, ge=0)
 
@@ -81,8 +82,14 @@ class Settings(BaseSettings):
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
     # How often the release coordinator ticks every partition (expiry needs no traffic).
     tick_interval_seconds: float = Field(default=30.0, gt=0)
-    # Completed releases each partition remembers (to write its part again if asked).
+    # Completed releases each partition remembers (to report its part again if asked).
     release_history: int = Field(default=20, ge=2)
+    # A session released with everything it has leaves the worker's tables once quiet this
+    # long (its released copy stays in MongoDB; later events bring it back).
+    session_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # How long the worker retries a message it fails to handle (MongoDB or Kafka away)
+    # before it stops, unacknowledged, to handle it again after a restart.
+    worker_retry_seconds: float = Field(default=120.0, gt=0)
 
     # Releases
     release_wait_seconds: float = Field(default=30.0, gt=0)

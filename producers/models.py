@@ -254,9 +254,22 @@ class SessionOut(BaseModel):
     events: list[EventOut]
 
 
+class BatchEventOut(EventOut):
+    is_new: bool = Field(
+        default=True, description="Not in the session's previous batch (always true if none)"
+    )
+
+
 class BatchSessionOut(SessionOut):
     session_number: int
     is_repeat: bool = Field(description="The session was in an earlier batch")
+    previous_batch_id: str | None = Field(
+        default=None, description="The batch this session was in before, for a repeat"
+    )
+    new_event_count: int = Field(
+        description="Events new since the previous batch: those marked is_new"
+    )
+    events: list[BatchEventOut]  # type: ignore[assignment]
 
 
 class BatchSessionsPage(BaseModel):

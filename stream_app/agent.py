@@ -1,19 +1,24 @@
 """The join agent: one agent, concurrency 1, over the co-partitioned sessions and events
-topics. It keeps each session with its events in the sessions table, writes a partition's
-part of a batch to MongoDB when a release's markers have been read on both topics, and
-dead-letters what it cannot use.
+topics. It keeps each session's entry in the sessions table and its events in the pieces
+table, writes a partition's part of a batch to MongoDB when a release's markers have been
+read on both topics, retires sessions that are released and quiet, and dead-letters what
+it cannot use.
 
 Every table write happens while a message of the same partition is being processed, so it
-lands in that partition of the changelog. Offsets are committed by faust only after the
-producer has flushed, and MongoDB writes are awaited before moving on: a crash replays
-messages, and every step is idempotent under replay.
+lands in that partition of the changelog. A message is acknowledged only once it was
+handled (see ``failures``); faust commits offsets only after its producer has flushed, and
+MongoDB writes and reports are awaited before moving on: a crash replays messages, and
+every step is idempotent under replay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, cast
 
 import bson
 from bson import ObjectId
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from clickstream.batch_store import BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec, Topics
+    from stream_app.failures import FailurePolicy
     from stream_app.tables import StreamTables
     from stream_app.topics import StreamTopics
 
@@ -40,8 +46,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARTITION_RELEASED = "clickstream.PartitionReleased"
+SESSION_EVENT = "clickstream.SessionEvent"
 # Only sessions with this many events are measured against the snapshot size limit.
 _MEASURE_ABOVE_EVENTS = 1000
+# Sessions whose event ids are kept in memory for de-duplication (derived from the pieces,
+# rebuilt on demand): the active ones, without holding every id of every session.
+_KNOWN_IDS_SESSIONS = 4096
+# A dead letter carries the original message, unless that would pass Kafka's 1 MB limit.
+_MAX_DEAD_LETTER_VALUE_BYTES = 900 * 1024
 
 
 class JoinAgent:
@@ -54,6 +66,7 @@ class JoinAgent:
         topics: the faust topics.
         tables: the faust tables.
         store: where batches are written.
+        failures: what to do when handling a message fails.
     """
 
     def __init__(
@@ -64,60 +77,124 @@ class JoinAgent:
         topics: StreamTopics,
         tables: StreamTables,
         store: BatchStore,
+        failures: FailurePolicy,
     ) -> None:
         self._settings = settings
         self._names = names
         self._avro = avro
         self._topics = topics
         self._sessions = tables.sessions
+        self._pieces = tables.pieces
         self._partitions = tables.partitions
         self._store = store
+        self._failures = failures
         self._orphan_wait_ms = int(settings.orphan_event_wait_seconds * 1000)
+        self._retention_ms = int(settings.session_retention_seconds * 1000)
+        # Derived from the tables, never changelogged; dropped on every rebalance.
+        self._index: dict[int, set[str]] | None = None
+        self._known_ids: OrderedDict[str, set[str]] = OrderedDict()
         self._handlers: dict[tuple[str, str], Handler] = {
             (names.sessions, "clickstream.SessionRegistered"): self._on_registered,
             (names.sessions, "clickstream.SessionMarkedIrrelevant"): self._on_irrelevant,
             (names.sessions, "clickstream.ReleaseMarker"): self._on_sessions_marker,
             (names.sessions, "clickstream.PartitionTick"): self._on_tick,
             (names.events, "clickstream.SessionEvents"): self._on_events,
-            (names.events, "clickstream.SessionEvent"): self._on_event,
+            (names.events, SESSION_EVENT): self._on_event,
             (names.events, "clickstream.ReleaseMarker"): self._on_events_marker,
         }
 
     async def __call__(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        manual = cast("faust.Stream[bytes]", stream).noack()  # acknowledged once handled
+        async for event in manual.events():
             message = event.message
-            try:
-                decoded = self._avro.decode(event.value)
-            except MalformedMessageError as exc:
-                await self._dead_letter(
-                    event, dead_letters.UNDECODABLE_MESSAGE, str(exc), session_id=None
-                )
-                continue
-            handle = self._handlers.get((message.topic, decoded.name))
-            if handle is None:
-                await self._dead_letter(
-                    event,
-                    dead_letters.UNEXPECTED_MESSAGE,
-                    f"{decoded.name} does not belong on {message.topic}",
-                    session_id=decoded.record.get("session_id"),
-                )
-                continue
-            await handle(decoded.record, event)
+            where = f"topic={message.topic} partition={message.partition} offset={message.offset}"
+            await self._failures.handle(functools.partial(self._handle, event), where)
+            await stream.ack(event)
+
+    def forget_derived_state(self) -> None:
+        """Partitions moved: what is derived from the tables is built again when needed."""
+        self._index = None
+        self._known_ids.clear()
+
+    async def _handle(self, event: Event) -> None:
+        message = event.message
+        try:
+            decoded = self._avro.decode(event.value)
+        except MalformedMessageError as exc:
+            await self._dead_letter(
+                event, dead_letters.UNDECODABLE_MESSAGE, str(exc), session_id=None
+            )
+            return
+        handle = self._handlers.get((message.topic, decoded.name))
+        if handle is None:
+            await self._dead_letter(
+                event,
+                dead_letters.UNEXPECTED_MESSAGE,
+                f"{decoded.name} does not belong on {message.topic}",
+                session_id=decoded.record.get("session_id"),
+            )
+            return
+        await handle(decoded.record, event)
+
+    # -- the tables ---------------------------------------------------------------------
+
+    def _entry(self, session_id: str, partition: int) -> join.SessionEntry:
+        entry = self._sessions.get(session_id)
+        return join.new_entry(session_id, partition) if entry is None else entry
+
+    def _piece_reader(self, session_id: str) -> Callable[[int], join.EventPiece | None]:
+        return lambda index: self._pieces.get(join.piece_key(session_id, index))
+
+    def _put_entry(self, entry: join.SessionEntry) -> None:
+        self._sessions[entry["session_id"]] = entry
+        if self._index is not None:
+            self._index.setdefault(entry["partition"], set()).add(entry["session_id"])
+
+    def _remove_session(self, entry: join.SessionEntry) -> None:
+        session_id = entry["session_id"]
+        for index in range(entry["piece_count"]):
+            self._pieces.pop(join.piece_key(session_id, index), None)
+        del self._sessions[session_id]
+        self._known_ids.pop(session_id, None)
+        if self._index is not None:
+            self._index.get(entry["partition"], set()).discard(session_id)
+
+    def _partition_entries(self, partition: int) -> list[join.SessionEntry]:
+        """The entries of one partition, through the index (built once per rebalance)."""
+        if self._index is None:
+            index: dict[int, set[str]] = {}
+            for session_id, entry in self._sessions.items():
+                index.setdefault(entry["partition"], set()).add(session_id)
+            self._index = index
+        entries = (self._sessions.get(sid) for sid in self._index.get(partition, ()))
+        return [entry for entry in entries if entry is not None]
+
+    def _known(self, entry: join.SessionEntry) -> set[str]:
+        """The ids of the session's events, from the pieces unless recently used."""
+        session_id = entry["session_id"]
+        ids = self._known_ids.get(session_id)
+        if ids is None:
+            reader = self._piece_reader(session_id)
+            ids = {event["event_id"] for event in join.events_of(entry, reader)}
+            self._known_ids[session_id] = ids
+            if len(self._known_ids) > _KNOWN_IDS_SESSIONS:
+                self._known_ids.popitem(last=False)
+        else:
+            self._known_ids.move_to_end(session_id)
+        return ids
+
+    def _count_before(self, entry: join.SessionEntry, offset: int) -> int:
+        return join.count_before(entry, self._piece_reader(entry["session_id"]), offset)
 
     # -- sessions and events ------------------------------------------------------------
 
-    def _state(self, session_id: str, partition: int) -> join.SessionState:
-        state = self._sessions.get(session_id)
-        return join.new_state(session_id, partition) if state is None else state
-
     async def _on_registered(self, record: dict[str, Any], event: Event) -> None:
-        message = event.message
-        state = self._state(record["session_id"], message.partition)
-        outcome = join.register(state, record, message.offset)
+        entry = self._entry(record["session_id"], event.message.partition)
+        outcome, registered = join.register(entry, record, event.message.offset)
         if outcome is join.Registered.NEW:
-            self._sessions[record["session_id"]] = state  # assigned back: changelogged
+            self._put_entry(registered)
         elif outcome is join.Registered.CONFLICT:
-            fields = ", ".join(join.conflicting_fields(state, record))
+            fields = ", ".join(join.conflicting_fields(entry, record))
             await self._dead_letter(
                 event,
                 dead_letters.CONFLICTING_REGISTRATION,
@@ -126,23 +203,56 @@ class JoinAgent:
             )
 
     async def _on_events(self, record: dict[str, Any], event: Event) -> None:
-        self._add_events(record["session_id"], record["events"], record["received_at_ms"], event)
+        await self._add_events(
+            record["session_id"], record["events"], record["received_at_ms"], event
+        )
 
     async def _on_event(self, record: dict[str, Any], event: Event) -> None:
         """One event alone: what producers of other languages may send."""
-        self._add_events(record["session_id"], [record], record["received_at_ms"], event)
+        await self._add_events(record["session_id"], [record], record["received_at_ms"], event)
 
-    def _add_events(
+    async def _add_events(
         self, session_id: str, events: list[dict[str, Any]], received_at_ms: int, event: Event
     ) -> None:
-        message = event.message
-        state = self._state(session_id, message.partition)
-        if join.add_events(state, events, received_at_ms, message.offset):
-            self._sessions[session_id] = state  # one table write for the whole message
+        partition, offset = event.message.partition, event.message.offset
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            entry = await self._revive(session_id, partition, received_at_ms)
+        last_piece = None
+        if entry["piece_count"]:
+            last_piece = self._pieces.get(join.piece_key(session_id, entry["piece_count"] - 1))
+        known = self._known(entry)
+        appended = join.append_events(entry, last_piece, known, events, received_at_ms, offset)
+        if appended is None:
+            return
+        # No await from here to the cache update: the cache never disagrees with the tables.
+        try:
+            for index, piece in appended.pieces.items():
+                self._pieces[join.piece_key(session_id, index)] = piece
+            self._put_entry(appended.entry)
+        except BaseException:
+            self._known_ids.pop(session_id, None)
+            raise
+        known.update(appended.new_ids)
+
+    async def _revive(
+        self, session_id: str, partition: int, received_at_ms: int
+    ) -> join.SessionEntry:
+        """The entry of a session this worker does not hold: a retired one (brought back from
+        its released copy, so its new events go into the next release), or a new one."""
+        released = await asyncio.to_thread(self._store.latest_session, session_id)
+        if released is None:
+            return join.new_entry(session_id, partition)
+        logger.info(
+            "retired session has new events session=%s previous_batch=%s",
+            session_id,
+            released["batch_id"],
+        )
+        return join.revived_entry(session_id, partition, released, received_at_ms)
 
     async def _on_irrelevant(self, record: dict[str, Any], event: Event) -> None:
-        state = self._sessions.get(record["session_id"])
-        if state is None or state["registration"] is None:
+        entry = self._sessions.get(record["session_id"])
+        if entry is None or entry["registration"] is None:
             await self._dead_letter(
                 event,
                 dead_letters.SESSION_NOT_REGISTERED,
@@ -150,36 +260,45 @@ class JoinAgent:
                 session_id=record["session_id"],
             )
             return
-        if join.mark_irrelevant(state, event.message.offset):
-            self._sessions[record["session_id"]] = state
+        marked = join.mark_irrelevant(entry, event.message.offset)
+        if marked is not None:
+            self._put_entry(marked)
 
     async def _on_tick(self, record: dict[str, Any], event: Event) -> None:
-        """Dead-letter the events of sessions never registered within the wait."""
+        """Dead-letter the events of sessions never registered within the wait, and retire
+        sessions released with everything they have and quiet for the retention time."""
         partition = event.message.partition
         now_ms = record["sent_at_ms"]
+        expired = retired = 0
+        for entry in self._partition_entries(partition):
+            if join.is_waiting_too_long(entry, now_ms, self._orphan_wait_ms):
+                await self._expire_orphan(entry, partition)
+                self._remove_session(entry)
+                expired += 1
+            elif join.is_retired(entry, now_ms, self._retention_ms):
+                self._remove_session(entry)
+                retired += 1
+        if expired or retired:
+            logger.info(
+                "sessions left the tables partition=%s orphans_expired=%s retired=%s",
+                partition,
+                expired,
+                retired,
+            )
+
+    async def _expire_orphan(self, entry: join.SessionEntry, partition: int) -> None:
         detail = f"session not registered within {self._settings.orphan_event_wait_seconds:g} s"
-        expired = [
-            state
-            for state in self._partition_sessions(partition)
-            if join.is_waiting_too_long(state, now_ms, self._orphan_wait_ms)
-        ]
-        for state in expired:
-            for stored in state["events"]:
-                value = self._avro.encode(
-                    "clickstream.SessionEvent", join.event_record(state, stored)
-                )
-                await self._send_dead_letter(
-                    reason=dead_letters.ORPHAN_EVENT_EXPIRED,
-                    detail=detail,
-                    session_id=state["session_id"],
-                    topic=self._names.events,
-                    partition=partition,
-                    offset=stored["offset"],
-                    value=value,
-                )
-            del self._sessions[state["session_id"]]
-        if expired:
-            logger.info("orphan events expired partition=%s sessions=%s", partition, len(expired))
+        session_id = entry["session_id"]
+        for stored in join.events_of(entry, self._piece_reader(session_id)):
+            await self._send_dead_letter(
+                reason=dead_letters.ORPHAN_EVENT_EXPIRED,
+                detail=detail,
+                session_id=session_id,
+                topic=self._names.events,
+                partition=partition,
+                offset=stored["offset"],
+                value=self._avro.encode(SESSION_EVENT, join.event_record(session_id, stored)),
+            )
 
     # -- releases -----------------------------------------------------------------------
 
@@ -193,7 +312,7 @@ class JoinAgent:
         partition = event.message.partition
         key = partition_key(partition)
         state = self._partitions.get(key) or releases.new_partition_state(partition)
-        outcome, cut = releases.on_marker(state, record, topic, event.message.offset)
+        outcome, state, cut = releases.on_marker(state, record, topic, event.message.offset)
         logger.info(
             "release marker batch=%s partition=%s topic=%s offset=%s outcome=%s",
             record["batch_id"],
@@ -204,51 +323,70 @@ class JoinAgent:
         )
         if outcome is releases.MarkerOutcome.STALE:
             return
-        if cut is None:  # waiting for the marker on the other topic
+        if outcome is releases.MarkerOutcome.WAITING:
             self._partitions[key] = state
             return
-        selection = releases.select(cut, self._partition_sessions(partition))
-        await self._write_part(cut, selection, partition)
-        if outcome is releases.MarkerOutcome.COMPLETE:
-            self._partitions[key] = releases.record_release(
-                state, cut, selection, self._settings.release_history
-            )
+        assert cut is not None  # noqa: S101 - COMPLETE and REPLAY carry one
+        if outcome is releases.MarkerOutcome.REPLAY:
+            # Written before: the coordinator asks again (a lost report, or a healing
+            # release), so report the same counts again.
+            await self._report(cut, partition, {name: cut[name] for name in _COUNTS})
+            return
+        selection = releases.select(cut, self._partition_entries(partition), self._count_before)
+        counts = await self._write_part(cut, selection, partition)
+        await self._report(cut, partition, counts)
+        for item in selection.included:
+            marked = releases.mark_released(cut, item)
+            if marked is not None:
+                self._put_entry(marked)
+        self._partitions[key] = releases.record_release(
+            state, cut, counts, self._settings.release_history
+        )
 
     async def _write_part(
         self, cut: releases.Cut, selection: releases.Selection, partition: int
-    ) -> None:
-        """Write this partition's sessions of the batch to MongoDB, then report the part
-        to the release coordinator."""
+    ) -> dict[str, int]:
+        """Write this partition's sessions of the batch to MongoDB; the part's counts."""
         batch_id = ObjectId(cut["batch_id"])
         partition_count = self._settings.topic_partitions
         docs = []
-        too_large = []
         for rank, item in enumerate(selection.included):
             number = releases.session_number(rank, partition, partition_count)
-            doc = releases.batch_session_document(batch_id, cut, item, number)
-            if len(item.events) > _MEASURE_ABOVE_EVENTS and (
+            reader = self._piece_reader(item.entry["session_id"])
+            events = list(itertools.islice(join.events_of(item.entry, reader), item.event_count))
+            doc = releases.batch_session_document(batch_id, cut, item, number, events)
+            if len(events) > _MEASURE_ABOVE_EVENTS and (
                 len(bson.encode(doc)) > self._settings.max_session_snapshot_bytes
             ):
-                too_large.append(item)
+                await self._send_dead_letter(
+                    reason=dead_letters.SNAPSHOT_TOO_LARGE,
+                    detail=f"session of {len(events)} events too large for batch {batch_id}",
+                    session_id=item.entry["session_id"],
+                    topic=self._names.sessions,
+                    partition=partition,
+                    offset=item.entry["registration"]["offset"],
+                    value=None,
+                )
                 continue
             docs.append(doc)
-        for item in too_large:
-            await self._send_dead_letter(
-                reason=dead_letters.SNAPSHOT_TOO_LARGE,
-                detail=f"session of {len(item.events)} events too large for batch {batch_id}",
-                session_id=item.state["session_id"],
-                topic=self._names.sessions,
-                partition=partition,
-                offset=item.state["registration"]["offset"],
-                value=None,
-            )
         await asyncio.to_thread(self._store.write_sessions, docs)
-        counts = {
+        logger.info(
+            "release part written batch=%s partition=%s sessions=%s deferred=%s",
+            cut["batch_id"],
+            partition,
+            len(docs),
+            selection.deferred,
+        )
+        return {
             "session_count": len(docs),
             "event_count": sum(doc["event_count"] for doc in docs),
             "repeat_session_count": sum(doc["is_repeat"] for doc in docs),
-            "deferred_session_count": len(selection.deferred),
+            "deferred_session_count": selection.deferred,
         }
+
+    async def _report(self, cut: dict[str, Any], partition: int, counts: dict[str, int]) -> None:
+        """Tell the release coordinator this partition's part is written; returns once Kafka
+        acknowledged it (a failure is retried by the failure policy)."""
         report = {
             "batch_id": cut["batch_id"],
             "release_id": cut["release_id"],
@@ -258,21 +396,9 @@ class JoinAgent:
         delivered = await self._topics.releases.send(
             key=cut["batch_id"].encode(), value=self._avro.encode(PARTITION_RELEASED, report)
         )
-        # Acknowledged before the marker is: the coordinator never waits for a lost report.
         await delivered
-        logger.info(
-            "release part written batch=%s partition=%s sessions=%s events=%s deferred=%s",
-            cut["batch_id"],
-            partition,
-            counts["session_count"],
-            counts["event_count"],
-            counts["deferred_session_count"],
-        )
 
-    # -- helpers ------------------------------------------------------------------------
-
-    def _partition_sessions(self, partition: int) -> list[join.SessionState]:
-        return [state for state in self._sessions.values() if state["partition"] == partition]
+    # -- dead letters -------------------------------------------------------------------
 
     async def _dead_letter(
         self, event: Event, reason: str, detail: str, *, session_id: str | None
@@ -288,13 +414,23 @@ class JoinAgent:
             value=message.value,
         )
 
-    async def _send_dead_letter(self, *, session_id: str | None, **fields: Any) -> None:
+    async def _send_dead_letter(
+        self, *, session_id: str | None, value: bytes | None, detail: str, **fields: Any
+    ) -> None:
+        """Send a dead letter and wait until Kafka acknowledged it: it is what remains of
+        the input, so the message it stands for is acknowledged only after it."""
+        if value is not None and len(value) > _MAX_DEAD_LETTER_VALUE_BYTES:
+            detail = f"{detail} (original message of {len(value)} bytes not attached)"
+            value = None
         logger.warning(
-            "dead letter reason=%s session=%s detail=%s",
-            fields["reason"],
-            session_id,
-            fields["detail"],
+            "dead letter reason=%s session=%s detail=%s", fields["reason"], session_id, detail
         )
-        value = dead_letters.dead_letter(self._avro, session_id=session_id, **fields)
+        encoded = dead_letters.dead_letter(
+            self._avro, session_id=session_id, value=value, detail=detail, **fields
+        )
         key = session_id.encode() if session_id is not None else None
-        await self._topics.dead_letter.send(key=key, value=value)
+        delivered = await self._topics.dead_letter.send(key=key, value=encoded)
+        await delivered
+
+
+_COUNTS = ("session_count", "event_count", "repeat_session_count", "deferred_session_count")

@@ -8,6 +8,7 @@ import faust
 
 from schemas import AvroCodec, Topics
 from stream_app.agent import JoinAgent
+from stream_app.failures import FailurePolicy
 from stream_app.faust_fixes import (
     back_off_empty_fetches,
     flush_buffer_completely,
@@ -53,7 +54,12 @@ class StreamApp(faust.App):
         await super().on_stop()
 
 
-def create_app(settings: Settings, store: BatchStore, avro: AvroCodec | None = None) -> faust.App:
+def create_app(
+    settings: Settings,
+    store: BatchStore,
+    avro: AvroCodec | None = None,
+    failures: FailurePolicy | None = None,
+) -> faust.App:
     """The faust app of one worker. Workers of a deployment share its consumer group
     (``<prefix>stream``) and split the partitions between them."""
     avro = avro or AvroCodec()
@@ -83,9 +89,15 @@ def create_app(settings: Settings, store: BatchStore, avro: AvroCodec | None = N
     )
     topics = declare_topics(app, names)
     tables = declare_tables(app, avro, settings.topic_partitions)
-    agent = JoinAgent(settings, names, avro, topics, tables, store)
+    failures = failures or FailurePolicy(settings.worker_retry_seconds)
+    agent = JoinAgent(settings, names, avro, topics, tables, store, failures)
     app.agent(topics.source, name="join", concurrency=1)(agent)
-    attach_session_view(app, tables.sessions)
+
+    @app.on_partitions_revoked.connect
+    async def partitions_moved(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        agent.forget_derived_state()
+
+    attach_session_view(app, tables)
     return app
 
 

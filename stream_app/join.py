@@ -1,28 +1,43 @@
-"""The join of sessions and events, on a session's table entry (a ``SessionState`` record).
+"""The join of sessions and events: pure functions on a session's table entry (a
+``SessionEntry`` record) and the pieces holding its events (``EventPiece`` records).
 
-Pure functions on plain dicts, so the stream's rules are read and tested in one place:
+The rules, read and tested in one place:
 
 - a session is registered once; the first registration wins, an identical one (a retry)
   is dropped, a conflicting one is refused (and dead-lettered by the caller);
 - events are de-duplicated by ``event_id`` within their session, first write wins;
-- events may arrive before their session and wait in the entry until it is registered.
+- events may arrive before their session and wait in the entry until it is registered;
+- a session's events live in pieces of about ``PIECE_BYTES`` each, so no number of requests
+  can make one table value too large for Kafka: the entry only counts them.
 
-Each stored item keeps the offset it came from: release cuts compare offsets.
+Each stored item keeps the offset it came from: release cuts compare offsets. Nothing here
+mutates its arguments: every change is a new value, which the caller writes to the table
+(a handler retried after a failure then starts again from what the table really holds).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
-SessionState = dict[str, Any]
+SessionEntry = dict[str, Any]
+EventPiece = dict[str, Any]
+StoredEvent = dict[str, Any]
 
+# A piece grows to about this size, then the next one starts: a changelog message stays far
+# below Kafka's 1 MB limit, and appending one event rewrites at most this much. An event
+# larger than this (it fits in a request, so in a message) gets a piece of its own.
+PIECE_BYTES = 64 * 1024
+_EVENT_OVERHEAD_BYTES = 48
 # What makes two registrations the same session. created_at and received_at_ms are left
 # out: a client retrying without created_at gets a new server time each time.
 _IDENTITY_FIELDS = ("search_query", "search_results", "search_meta", "user_id")
+# The registration offset of a session brought back from its released copy: before any cut.
+REVIVED_OFFSET = -1
 
 
 class Registered(Enum):
@@ -31,27 +46,39 @@ class Registered(Enum):
     CONFLICT = "conflict"
 
 
-def new_state(session_id: str, partition: int) -> SessionState:
+def new_entry(session_id: str, partition: int) -> SessionEntry:
     return {
         "session_id": session_id,
         "partition": partition,
         "registration": None,
         "irrelevant_offset": None,
-        "events": [],
         "waiting_since_ms": None,
+        "event_count": 0,
+        "piece_count": 0,
+        "last_piece_bytes": 0,
+        "last_event_offset": None,
+        "last_active_ms": 0,
+        "released": None,
     }
 
 
-def register(state: SessionState, record: dict[str, Any], offset: int) -> Registered:
-    """Apply a SessionRegistered record at ``offset``."""
-    existing = state["registration"]
+def piece_key(session_id: str, index: int) -> str:
+    """The pieces table key; the last NUL separates the index, whatever the session id holds."""
+    return f"{session_id}\x00{index}"
+
+
+def register(
+    entry: SessionEntry, record: dict[str, Any], offset: int
+) -> tuple[Registered, SessionEntry]:
+    """Apply a SessionRegistered record read at ``offset``; the entry to write on NEW."""
+    existing = entry["registration"]
     if existing is not None:
         if existing["offset"] == offset or all(
             existing[name] == record[name] for name in _IDENTITY_FIELDS
         ):
-            return Registered.DUPLICATE
-        return Registered.CONFLICT
-    state["registration"] = {
+            return Registered.DUPLICATE, entry
+        return Registered.CONFLICT, entry
+    registration = {
         "search_query": record["search_query"],
         "search_results": record["search_results"],
         "search_meta": record["search_meta"],
@@ -60,64 +87,193 @@ def register(state: SessionState, record: dict[str, Any], offset: int) -> Regist
         "received_at_ms": record["received_at_ms"],
         "offset": offset,
     }
-    state["waiting_since_ms"] = None
-    return Registered.NEW
+    return Registered.NEW, {
+        **entry,
+        "registration": registration,
+        "waiting_since_ms": None,
+        "last_active_ms": max(entry["last_active_ms"], record["received_at_ms"]),
+    }
 
 
-def conflicting_fields(state: SessionState, record: dict[str, Any]) -> list[str]:
-    registration = state["registration"] or {}
+def conflicting_fields(entry: SessionEntry, record: dict[str, Any]) -> list[str]:
+    registration = entry["registration"] or {}
     return [name for name in _IDENTITY_FIELDS if registration.get(name) != record[name]]
 
 
-def add_events(
-    state: SessionState, events: Iterable[dict[str, Any]], received_at_ms: int, offset: int
-) -> int:
-    """Apply the events of one message read at ``offset``, in order; how many were new.
-    An ``event_id`` the session already has (a retry, or a repeat within the message) is
-    dropped: first write wins."""
-    stored = state["events"]
-    known = {e["event_id"] for e in stored}
-    added = 0
+def stored_event(event: dict[str, Any], received_at_ms: int, offset: int) -> StoredEvent:
+    """An event of a SessionEvents (or SessionEvent) record as the pieces keep it."""
+    return {
+        "event_id": event["event_id"],
+        "object_id": event["object_id"],
+        "event_type": event["event_type"],
+        "created_at": event["created_at"],
+        "meta": event["meta"],
+        "received_at_ms": received_at_ms,
+        "offset": offset,
+    }
+
+
+def event_size(event: StoredEvent) -> int:
+    """About the bytes an event takes in a piece (characters, not bytes: a bound, not a count)."""
+    meta = event["meta"]
+    return (
+        _EVENT_OVERHEAD_BYTES
+        + len(event["event_id"])
+        + len(event["object_id"])
+        + len(event["event_type"])
+        + (len(meta) if meta else 0)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What applying one message's events changes: the entry, the pieces to write (the last
+    one rewritten, new ones after it) and the ids of the events that were new."""
+
+    entry: SessionEntry
+    pieces: dict[int, EventPiece]
+    new_ids: list[str]
+
+
+def append_events(
+    entry: SessionEntry,
+    last_piece: EventPiece | None,
+    known_ids: set[str],
+    events: Iterable[dict[str, Any]],
+    received_at_ms: int,
+    offset: int,
+) -> Appended | None:
+    """Apply the events of one message read at ``offset``, in order; None if none is new.
+
+    ``known_ids`` are the ids the session already has: a retried request, or a repeat within
+    the message, is dropped (first write wins). ``last_piece`` is the session's last piece.
+    """
+    new: list[StoredEvent] = []
+    seen: set[str] = set()
     for event in events:
         event_id = event["event_id"]
-        if event_id in known:
+        if event_id in known_ids or event_id in seen:
             continue
-        known.add(event_id)
-        stored.append(
-            {
-                "event_id": event_id,
-                "object_id": event["object_id"],
-                "event_type": event["event_type"],
-                "created_at": event["created_at"],
-                "meta": event["meta"],
-                "received_at_ms": received_at_ms,
-                "offset": offset,
-            }
-        )
-        added += 1
-    if added and state["registration"] is None and state["waiting_since_ms"] is None:
-        state["waiting_since_ms"] = received_at_ms
-    return added
+        seen.add(event_id)
+        new.append(stored_event(event, received_at_ms, offset))
+    if not new:
+        return None
+    session_id = entry["session_id"]
+    if entry["piece_count"] and last_piece is not None:
+        index = entry["piece_count"] - 1
+        current = list(last_piece["events"])
+        size = entry["last_piece_bytes"]
+    else:
+        index, current, size = entry["piece_count"], [], 0
+    pieces: dict[int, EventPiece] = {}
+    for stored in new:
+        stored_size = event_size(stored)
+        if current and size + stored_size > PIECE_BYTES:
+            pieces[index] = {"session_id": session_id, "index": index, "events": current}
+            index, current, size = index + 1, [], 0
+        current.append(stored)
+        size += stored_size
+    pieces[index] = {"session_id": session_id, "index": index, "events": current}
+    waiting = entry["waiting_since_ms"]
+    if entry["registration"] is None and waiting is None:
+        waiting = received_at_ms
+    updated = {
+        **entry,
+        "event_count": entry["event_count"] + len(new),
+        "piece_count": index + 1,
+        "last_piece_bytes": size,
+        "last_event_offset": offset,
+        "last_active_ms": max(entry["last_active_ms"], received_at_ms),
+        "waiting_since_ms": waiting,
+    }
+    return Appended(updated, pieces, [stored["event_id"] for stored in new])
 
 
-def mark_irrelevant(state: SessionState, offset: int) -> bool:
-    """Apply a SessionMarkedIrrelevant record; False if already marked."""
-    if state["irrelevant_offset"] is not None:
-        return False
-    state["irrelevant_offset"] = offset
-    return True
+def events_of(
+    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]
+) -> Iterator[StoredEvent]:
+    """The session's events in order, piece by piece."""
+    for index in range(entry["piece_count"]):
+        piece = read_piece(index)
+        if piece is not None:
+            yield from piece["events"]
 
 
-def is_waiting_too_long(state: SessionState, now_ms: int, wait_ms: int) -> bool:
+def count_before(
+    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None], offset: int
+) -> int:
+    """How many of the session's events lie below ``offset`` (a prefix: events are appended
+    in offset order). Only the newest pieces are read, and only when the cut falls in them."""
+    last = entry["last_event_offset"]
+    count: int = entry["event_count"]
+    if last is None or last < offset:
+        return count
+    for index in reversed(range(entry["piece_count"])):
+        piece = read_piece(index)
+        for event in reversed(piece["events"] if piece else []):
+            if event["offset"] < offset:
+                return count
+            count -= 1
+    return count
+
+
+def mark_irrelevant(entry: SessionEntry, offset: int) -> SessionEntry | None:
+    """Apply a SessionMarkedIrrelevant record; None if already marked."""
+    if entry["irrelevant_offset"] is not None:
+        return None
+    return {**entry, "irrelevant_offset": offset}
+
+
+def is_waiting_too_long(entry: SessionEntry, now_ms: int, wait_ms: int) -> bool:
     """Events whose session was never registered, waiting for longer than ``wait_ms``."""
-    since = state["waiting_since_ms"]
-    return state["registration"] is None and since is not None and now_ms - since >= wait_ms
+    since = entry["waiting_since_ms"]
+    return entry["registration"] is None and since is not None and now_ms - since >= wait_ms
 
 
-def event_record(state: SessionState, event: dict[str, Any]) -> dict[str, Any]:
+def is_retired(entry: SessionEntry, now_ms: int, retention_ms: int) -> bool:
+    """A session released with everything it has, quiet for ``retention_ms``: its released
+    copy in MongoDB is all there is to keep."""
+    released = entry["released"]
+    return (
+        entry["registration"] is not None
+        and released is not None
+        and released["event_count"] == entry["event_count"]
+        and now_ms - entry["last_active_ms"] >= retention_ms
+    )
+
+
+def revived_entry(
+    session_id: str, partition: int, released: dict[str, Any], received_at_ms: int
+) -> SessionEntry:
+    """The entry of a retired session that gets events again, from its released copy (a
+    batch session document): registered before any cut, released in that batch, with none
+    of its old events (they are in that batch)."""
+    registration = {
+        "search_query": released["search_query"],
+        "search_results": released["search_results"],
+        "search_meta": released["search_meta"],
+        "user_id": released["user_id"],
+        "created_at": released["created_at"],
+        "received_at_ms": received_at_ms,
+        "offset": REVIVED_OFFSET,
+    }
+    return {
+        **new_entry(session_id, partition),
+        "registration": registration,
+        "last_active_ms": received_at_ms,
+        "released": {
+            "batch_id": str(released["batch_id"]),
+            "event_count": 0,
+            "previous_batch_id": None,
+            "previous_event_count": 0,
+        },
+    }
+
+
+def event_record(session_id: str, event: StoredEvent) -> dict[str, Any]:
     """A stored event as the SessionEvent record it came from."""
     return {
-        "session_id": state["session_id"],
+        "session_id": session_id,
         "event_id": event["event_id"],
         "object_id": event["object_id"],
         "event_type": event["event_type"],

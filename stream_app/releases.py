@@ -6,13 +6,18 @@ the release; what lies after waits for the next one. Once a partition's owner ha
 the marker on both topics, it knows the cut exactly:
 
 - sessions registered at an offset below the sessions cut,
-- with their events at offsets below the events cut,
-- that were registered since the previous cut, or got events since it (a repeat: the
-  whole history goes again), or were left for later by ``min_idle_seconds``.
+- with their events at offsets below the events cut (a prefix of the session's events),
+- that were never released, or have events beyond those of their last batch (a repeat:
+  the whole history goes again, the new events marked as such).
 
-Everything here is a pure function of the table entries and the partition's state (a
-``PartitionState`` record), so replaying a marker after a crash yields the same sessions,
-numbered the same way.
+Sessions active more recently than ``min_idle_seconds`` are left untouched, so the next
+release finds them as they are. Each session's entry remembers its last batch (and the
+one before, so that a replayed marker writes the very same part), and each partition
+remembers a few recent releases with the counts of its part (to report it again if the
+coordinator asks): state whose size does not grow with the number of releases.
+
+Everything here is a pure function of the table values: replaying a marker after a crash
+yields the same sessions, numbered the same way.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from bson import ObjectId
 
-    from stream_app.join import SessionState
+    from stream_app.join import SessionEntry, StoredEvent
 
-PartitionState = dict[str, Any]
+PartitionReleases = dict[str, Any]
 Cut = dict[str, Any]
-"""A ``PartitionCut`` record: the offsets and inputs of one release in one partition."""
+"""The offsets and inputs of one release in one partition."""
+CompletedCut = dict[str, Any]
+"""A ``CompletedCut`` record: a release this partition completed, with its part's counts."""
 
 SESSIONS = "sessions"
 EVENTS = "events"
@@ -39,32 +46,32 @@ EVENTS = "events"
 class MarkerOutcome(Enum):
     WAITING = "waiting"  # the marker of the other topic is still to come
     COMPLETE = "complete"  # both seen: write this partition's part
-    REPLAY = "replay"  # already done: write the same part again (idempotent)
+    REPLAY = "replay"  # already done: report the same part again
     STALE = "stale"  # older than every release remembered: ignore
 
 
-def new_partition_state(partition: int) -> PartitionState:
-    return {"partition": partition, "pending": [], "deferred": [], "releases": []}
+def new_partition_state(partition: int) -> PartitionReleases:
+    return {"partition": partition, "pending": [], "releases": []}
 
 
 def on_marker(
-    state: PartitionState, marker: dict[str, Any], topic: str, offset: int
-) -> tuple[MarkerOutcome, Cut | None]:
+    state: PartitionReleases, marker: dict[str, Any], topic: str, offset: int
+) -> tuple[MarkerOutcome, PartitionReleases, Cut | CompletedCut | None]:
     """Apply a ReleaseMarker read on ``topic`` (SESSIONS or EVENTS) at ``offset``.
 
-    Mutates ``state`` (the caller stores it back). The cut comes with COMPLETE and REPLAY
-    only; on COMPLETE it is not yet in the history: :func:`record_release` puts it there
-    once the part is written.
+    Returns the outcome, the partition's state to write (a new value; ``state`` is left as
+    it was) and: on COMPLETE the cut, which :func:`record_release` puts in the history once
+    the part is written; on REPLAY the completed release, whose counts are reported again.
     """
     batch_id = marker["batch_id"]
-    for cut in state["releases"]:
-        if cut["batch_id"] == batch_id:
-            return MarkerOutcome.REPLAY, cut
+    for completed in state["releases"]:
+        if completed["batch_id"] == batch_id:
+            return MarkerOutcome.REPLAY, state, completed
     pending = next((p for p in state["pending"] if p["batch_id"] == batch_id), None)
     if pending is None:
-        releases = state["releases"]
-        if releases and marker["requested_at_ms"] < releases[0]["requested_at_ms"]:
-            return MarkerOutcome.STALE, None
+        history = state["releases"]
+        if history and marker["requested_at_ms"] < history[0]["requested_at_ms"]:
+            return MarkerOutcome.STALE, state, None
         pending = {
             "batch_id": batch_id,
             "release_id": marker["release_id"],
@@ -73,31 +80,29 @@ def on_marker(
             "sessions_offset": None,
             "events_offset": None,
         }
-        state["pending"].append(pending)
     key = f"{topic}_offset"
     if pending[key] is None:  # a repeated marker keeps the first position
-        pending[key] = offset
+        pending = {**pending, key: offset}
+    others = [p for p in state["pending"] if p["batch_id"] != batch_id]
+    state = {**state, "pending": [*others, pending]}
     if pending["sessions_offset"] is None or pending["events_offset"] is None:
-        return MarkerOutcome.WAITING, None
-    previous = state["releases"][-1] if state["releases"] else None
-    return MarkerOutcome.COMPLETE, {
-        "batch_id": batch_id,
-        "release_id": pending["release_id"],
-        "requested_at_ms": pending["requested_at_ms"],
-        "min_idle_seconds": pending["min_idle_seconds"],
-        "sessions_offset": pending["sessions_offset"],
-        "events_offset": pending["events_offset"],
-        "previous_sessions_offset": previous["sessions_offset"] if previous else 0,
-        "previous_events_offset": previous["events_offset"] if previous else 0,
-        "deferred_before": list(state["deferred"]),
-    }
+        return MarkerOutcome.WAITING, state, None
+    return MarkerOutcome.COMPLETE, state, dict(pending)
 
 
 @dataclass(frozen=True, slots=True)
 class Included:
-    state: SessionState
-    events: list[dict[str, Any]]
-    is_repeat: bool
+    """A session of a partition's part: its first ``event_count`` events go into the batch;
+    those beyond ``previous_event_count`` are new since its previous batch, if any."""
+
+    entry: SessionEntry
+    event_count: int
+    previous_batch_id: str | None
+    previous_event_count: int
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.previous_batch_id is not None
 
 
 @dataclass(slots=True)
@@ -105,85 +110,108 @@ class Selection:
     """The sessions of one partition's part of a batch."""
 
     included: list[Included] = field(default_factory=list)
-    deferred: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def event_count(self) -> int:
-        return sum(len(item.events) for item in self.included)
+    deferred: int = 0
 
     @property
     def repeat_count(self) -> int:
         return sum(item.is_repeat for item in self.included)
 
 
-def select(cut: Cut, sessions: Iterable[SessionState]) -> Selection:
-    """The sessions of the partition that go into the release of ``cut``, in
-    registration order, and those left for the next release by ``min_idle_seconds``."""
-    deferred_before = {d["session_id"]: d["released_before"] for d in cut["deferred_before"]}
+def select(
+    cut: Cut,
+    entries: Iterable[SessionEntry],
+    count_before: Callable[[SessionEntry, int], int],
+) -> Selection:
+    """The sessions of the partition that go into the release of ``cut``, in registration
+    order. ``count_before(entry, offset)`` counts a session's events below an offset."""
     sessions_cut, events_cut = cut["sessions_offset"], cut["events_offset"]
-    previous_sessions_cut = cut["previous_sessions_offset"]
-    previous_events_cut = cut["previous_events_offset"]
     idle_ms = cut["min_idle_seconds"] * 1000
     selection = Selection()
-    for state in sessions:
-        registration = state["registration"]
+    for entry in entries:
+        registration = entry["registration"]
         if registration is None or registration["offset"] >= sessions_cut:
             continue
-        events = _before(state["events"], events_cut)
-        session_id = state["session_id"]
-        if registration["offset"] >= previous_sessions_cut:
-            released_before = False
-        elif session_id in deferred_before:
-            released_before = deferred_before[session_id]
-        elif events and events[-1]["offset"] >= previous_events_cut:
-            released_before = True
-        else:
-            continue  # released already, nothing new since
-        if idle_ms:
-            last_active_ms = max(
-                registration["received_at_ms"], events[-1]["received_at_ms"] if events else 0
-            )
-            if cut["requested_at_ms"] - last_active_ms < idle_ms:
-                selection.deferred.append(
-                    {"session_id": session_id, "released_before": released_before}
+        released = entry["released"]
+        if released is not None and released["batch_id"] == cut["batch_id"]:
+            # In this batch already (a replay after a crash): the same part again.
+            selection.included.append(
+                Included(
+                    entry,
+                    released["event_count"],
+                    released["previous_batch_id"],
+                    released["previous_event_count"],
                 )
-                continue
-        selection.included.append(Included(state, events, released_before))
-    selection.included.sort(key=lambda item: item.state["registration"]["offset"])
-    selection.deferred.sort(key=lambda d: d["session_id"])
+            )
+            continue
+        count = count_before(entry, events_cut)
+        if released is not None and count <= released["event_count"]:
+            continue  # released already, nothing new since
+        if idle_ms and cut["requested_at_ms"] - entry["last_active_ms"] < idle_ms:
+            selection.deferred += 1
+            continue
+        selection.included.append(
+            Included(
+                entry,
+                count,
+                released["batch_id"] if released else None,
+                released["event_count"] if released else 0,
+            )
+        )
+    selection.included.sort(
+        key=lambda item: (item.entry["registration"]["offset"], item.entry["session_id"])
+    )
     return selection
 
 
-def _before(events: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
-    """The events below ``offset``: a prefix, since events are appended in offset order."""
-    end = len(events)
-    while end and events[end - 1]["offset"] >= offset:
-        end -= 1
-    return events if end == len(events) else events[:end]
+def mark_released(cut: Cut, item: Included) -> SessionEntry | None:
+    """The session's entry once its part of ``cut`` is written; None if it says so already."""
+    released = item.entry["released"]
+    if released is not None and released["batch_id"] == cut["batch_id"]:
+        return None
+    return {
+        **item.entry,
+        "released": {
+            "batch_id": cut["batch_id"],
+            "event_count": item.event_count,
+            "previous_batch_id": released["batch_id"] if released else None,
+            "previous_event_count": released["event_count"] if released else 0,
+        },
+    }
 
 
 def record_release(
-    state: PartitionState, cut: Cut, selection: Selection, history: int
-) -> PartitionState:
-    """The partition's state once its part of ``cut`` is written."""
-    state["pending"] = [p for p in state["pending"] if p["batch_id"] != cut["batch_id"]]
-    state["releases"] = [*state["releases"], cut][-history:]
-    state["deferred"] = selection.deferred
-    return state
+    state: PartitionReleases, cut: Cut, counts: dict[str, int], history: int
+) -> PartitionReleases:
+    """The partition's state once its part of ``cut`` is written and reported."""
+    completed = {
+        "batch_id": cut["batch_id"],
+        "release_id": cut["release_id"],
+        "requested_at_ms": cut["requested_at_ms"],
+        "sessions_offset": cut["sessions_offset"],
+        "events_offset": cut["events_offset"],
+        **counts,
+    }
+    return {
+        **state,
+        "pending": [p for p in state["pending"] if p["batch_id"] != cut["batch_id"]],
+        "releases": [*state["releases"], completed][-history:],
+    }
 
 
 def batch_session_document(
-    batch_id: ObjectId, cut: Cut, item: Included, number: int
+    batch_id: ObjectId, cut: Cut, item: Included, number: int, events: list[StoredEvent]
 ) -> dict[str, Any]:
-    """The MongoDB document of one session in a batch (see clickstream.batch_store)."""
-    state, registration = item.state, item.state["registration"]
-    irrelevant_offset = state["irrelevant_offset"]
+    """The MongoDB document of one session in a batch (see clickstream.batch_store):
+    ``events`` are the session's first ``item.event_count`` events."""
+    entry, registration = item.entry, item.entry["registration"]
+    irrelevant_offset = entry["irrelevant_offset"]
+    new_from = item.previous_event_count if item.is_repeat else 0
     return {
-        "_id": f"{batch_id}:{state['session_id']}",
+        "_id": f"{batch_id}:{entry['session_id']}",
         "batch_id": batch_id,
         "session_number": number,
-        "session_id": state["session_id"],
-        "partition": state["partition"],
+        "session_id": entry["session_id"],
+        "partition": entry["partition"],
         "search_query": registration["search_query"],
         "search_results": registration["search_results"],
         "search_meta": registration["search_meta"],
@@ -192,7 +220,9 @@ def batch_session_document(
         "is_irrelevant": irrelevant_offset is not None
         and irrelevant_offset < cut["sessions_offset"],
         "is_repeat": item.is_repeat,
-        "event_count": len(item.events),
+        "previous_batch_id": item.previous_batch_id,
+        "event_count": len(events),
+        "new_event_count": len(events) - new_from,
         "events": [
             {
                 "event_id": e["event_id"],
@@ -201,8 +231,9 @@ def batch_session_document(
                 "created_at": e["created_at"],
                 "meta": e["meta"],
                 "received_at_ms": e["received_at_ms"],
+                "is_new": position >= new_from,
             }
-            for e in item.events
+            for position, e in enumerate(events)
         ],
     }
 

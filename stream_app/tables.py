@@ -1,4 +1,5 @@
-"""The worker's tables, with Avro changelogs (``SessionState``, ``PartitionState``)."""
+"""The worker's tables, with Avro changelogs (``SessionEntry``, ``EventPiece``,
+``PartitionReleases``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ if TYPE_CHECKING:
 
     from schemas import AvroCodec
 
-SESSION_STATE = "clickstream.SessionState"
-PARTITION_STATE = "clickstream.PartitionState"
+SESSION_ENTRY = "clickstream.SessionEntry"
+EVENT_PIECE = "clickstream.EventPiece"
+PARTITION_RELEASES = "clickstream.PartitionReleases"
 
 
 class AvroRecordCodec(codecs.Codec):
@@ -50,9 +52,11 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
 @dataclass(frozen=True, slots=True)
 class StreamTables:
     sessions: TableT[str, dict[str, Any]]
-    """session_id -> SessionState: a session joined with its events."""
+    """session_id -> SessionEntry: a session's registration and the count of its events."""
+    pieces: TableT[str, dict[str, Any]]
+    """'<session_id>\\x00<index>' -> EventPiece: a session's events, in pieces."""
     partitions: TableT[str, dict[str, Any]]
-    """'partition-<n>' -> PartitionState: the releases of one partition."""
+    """'partition-<n>' -> PartitionReleases: the releases of one partition."""
 
 
 def partition_key(partition: int) -> str:
@@ -60,7 +64,7 @@ def partition_key(partition: int) -> str:
 
 
 def declare_tables(app: faust.App, avro: AvroCodec, partitions: int) -> StreamTables:
-    for name in (SESSION_STATE, PARTITION_STATE):
+    for name in (SESSION_ENTRY, EVENT_PIECE, PARTITION_RELEASES):
         codecs.register(name, AvroRecordCodec(avro, name))
 
     def table(name: str, value_serializer: str, help_: str) -> TableT[str, dict[str, Any]]:
@@ -74,7 +78,10 @@ def declare_tables(app: faust.App, avro: AvroCodec, partitions: int) -> StreamTa
         )
         return app.tables.add(table)  # type: ignore[return-value]
 
+    # Names of their own: the values of the tables before events moved into pieces
+    # (schema ids 10 and 11) are not read any more.
     return StreamTables(
-        sessions=table("sessions", SESSION_STATE, "Sessions joined with their events"),
-        partitions=table("partitions", PARTITION_STATE, "Release cuts of each partition"),
+        sessions=table("session-entries", SESSION_ENTRY, "Sessions and their event counts"),
+        pieces=table("event-pieces", EVENT_PIECE, "The events of each session, in pieces"),
+        partitions=table("partition-releases", PARTITION_RELEASES, "Each partition's releases"),
     )

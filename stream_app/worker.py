@@ -11,6 +11,7 @@ from clickstream.batch_store import BatchStore
 from schemas import AvroCodec
 from stream_app.app import Leadership, create_app
 from stream_app.coordinator import ReleaseCoordinator
+from stream_app.failures import EXIT_HANDLER_FAILED, FailurePolicy
 
 if TYPE_CHECKING:
     from clickstream.settings import Settings
@@ -25,7 +26,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     store = BatchStore.connect(settings.mongodb_url, settings.mongodb_database)
     store.ensure_indexes()
     avro = AvroCodec()
-    app = create_app(settings, store, avro)
+    failures = FailurePolicy(settings.worker_retry_seconds)
+    app = create_app(settings, store, avro, failures)
     coordinator = ReleaseCoordinator(settings, store, avro, Leadership(app))
     coordinator.start()
     try:
@@ -33,3 +35,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     finally:
         coordinator.stop()
         store.close()
+        if failures.error is not None:
+            # Stopped by a message it could not handle: exit non-zero so it is restarted.
+            raise SystemExit(EXIT_HANDLER_FAILED)

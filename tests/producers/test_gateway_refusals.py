@@ -242,7 +242,7 @@ def test_body_over_the_size_limit_is_413_and_publishes_nothing(
     response = gateway.post(EVENTS_URL, json=body)
 
     assert response.status_code == 413
-    assert "1048576 bytes" in response.json()["detail"]
+    assert "1000000 bytes" in response.json()["detail"]
     assert published.count(topics.events) == 0
 
 

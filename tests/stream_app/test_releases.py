@@ -75,6 +75,8 @@ def test_a_released_session_with_new_events_goes_again_whole_as_a_repeat(
     assert again["is_repeat"] is True
     assert again["event_count"] == 2, "the whole history goes again"
     assert again["events"][-1]["event_id"] == new_click["event_id"]
+    assert [e["is_new"] for e in again["events"]] == [False, True], "the new click is marked"
+    assert (again["new_event_count"], again["previous_batch_id"]) == (1, first["batch_id"])
     [before] = [s for s in pipeline.batch_sessions(first["batch_id"]) if s is not None][:1]
     assert before["is_repeat"] is False
     assert _announced(pipeline, codec, 2) == [first["batch_id"], second["batch_id"]]
