@@ -120,6 +120,9 @@ class Settings(BaseSettings):
             "acks": "all",
             "linger.ms": self.kafka_linger_ms,
             "compression.type": "lz4",
+            # Kafka's own limit (librdkafka's default is 1,000,000): a request at the body
+            # limit, once in Avro with its key and headers, still fits in one message.
+            "message.max.bytes": 1_048_576,
             # Java's partitioner, so a session lands where Java and faust clients put it.
             "partitioner": "murmur2_random",
             # Past this a message is failed back to us, so a request never hangs.

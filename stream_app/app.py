@@ -81,6 +81,9 @@ def create_app(
         consumer_group_instance_id=settings.worker_instance_id,
         producer_acks=-1,
         producer_linger=settings.worker_producer_linger_seconds,
+        # Kafka's own limit (faust's default is 1,000,000): a table value holding a request
+        # at the body limit (a registration, or one event in a piece) still fits.
+        producer_max_request_size=1_048_576,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,

@@ -1,0 +1,53 @@
+"""What the fault tests break on purpose: a gateway process of their own (so clients reach
+it over real HTTP while workers die), and helpers to read every batch back."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from pymongo import MongoClient
+
+from deploy.local_servers import LocalGateway
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from clickstream.settings import Settings
+    from tests.utils.pipeline import Worker
+
+
+@pytest.fixture
+def gateway_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LocalGateway]]:
+    """Starts `clickstream gateway` processes on the test's settings, reading sessions
+    from the given workers; each is stopped at the end of the test."""
+    started: list[LocalGateway] = []
+
+    def start(settings: Settings, workers: list[Worker], **env: str) -> LocalGateway:
+        environment = {
+            **settings.environment(),
+            "CLICKSTREAM_WORKER_URLS": ",".join(w.url for w in workers),
+            "CLICKSTREAM_LOG_LEVEL": "INFO",
+            **env,
+        }
+        gateway = LocalGateway(tmp_path_factory.mktemp("gateway"), env=environment)
+        started.append(gateway)
+        return gateway.start(timeout=60)
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def released_batches(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every released batch in MongoDB, batch id -> its sessions with their events."""
+    from clickstream.batch_store import BatchStore  # noqa: PLC0415
+
+    store = BatchStore(MongoClient(settings.mongodb_url), settings.mongodb_database)
+    try:
+        ids = [doc["_id"] for doc in store.batches.find({"status": "released"}, {"_id": 1})]
+        return {str(batch_id): list(store.iter_sessions(batch_id)) for batch_id in ids}
+    finally:
+        store.close()

@@ -1,0 +1,120 @@
+"""Workers SIGKILLed under load and in the middle of releases: every click answered 2xx is
+released exactly once, nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import httpx
+
+from schemas import Topics
+from tests.faults.fixtures import released_batches
+from tests.utils.bulk import publish_sessions
+from tests.utils.clients import Clients, assert_exactly_once
+from tests.utils.kafka import TopicReader
+from tests.utils.payloads import new_id
+from tests.utils.pipeline import RELEASE_URL, eventually
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from clickstream.settings import Settings
+    from deploy.local_servers import LocalGateway
+    from schemas import AvroCodec
+    from tests.utils.pipeline import Worker
+
+
+def _release(gateway_url: str, release_id: str | None = None) -> dict[str, object]:
+    """Release through the gateway and wait until the batch is complete."""
+    answer = httpx.post(
+        f"{gateway_url}{RELEASE_URL}", json={"release_id": release_id or new_id()}, timeout=120
+    )
+    assert answer.status_code in (200, 202), answer.text
+    batch_id = answer.json()["batch_id"]
+
+    def released() -> dict[str, object] | None:
+        batch = httpx.get(
+            f"{gateway_url}/api/v1/clickstream/internal/batch",
+            params={"batch_id": batch_id},
+            timeout=30,
+        ).json()
+        return batch if batch["status"] == "released" else None
+
+    return eventually(released, timeout=180)  # type: ignore[no-any-return]
+
+
+def test_a_worker_killed_twice_under_load_releases_every_click_once(
+    stream_settings: Settings,
+    worker_factory: Callable[..., Worker],
+    gateway_factory: Callable[..., LocalGateway],
+) -> None:
+    worker = worker_factory(stream_settings).start()
+    gateway = gateway_factory(stream_settings, [worker])
+    batches = []
+    with Clients(gateway.address, count=4, events_per_request=5, pause_seconds=0.005) as clients:
+        for round_ in range(2):
+            clients.wait_for_events(1500 * (round_ + 1))
+            worker.kill()
+            worker = worker_factory(stream_settings, restarting=worker).start()
+            if round_ == 0:  # a release between the crashes, while the clients go on
+                batches.append(_release(gateway.address))
+        clients.wait_for_events(clients.acknowledged.event_count() + 1000)
+    acknowledged = clients.stop()
+    batches.append(_release(gateway.address))
+
+    stored = released_batches(stream_settings)
+    assert set(stored) == {b["batch_id"] for b in batches}
+    counted = assert_exactly_once(acknowledged, stored.values())
+    assert acknowledged.event_count() >= 4000
+    assert sum(b["event_count"] for b in batches) >= len(counted), "repeats carry old clicks too"
+    released_sessions = {s["session_id"] for sessions in stored.values() for s in sessions}
+    assert acknowledged.sessions <= released_sessions, "every acknowledged session released"
+
+
+def test_one_of_two_workers_killed_in_the_middle_of_a_release(
+    stream_settings: Settings,
+    worker_factory: Callable[..., Worker],
+    gateway_factory: Callable[..., LocalGateway],
+    codec: AvroCodec,
+) -> None:
+    first = worker_factory(stream_settings).start()
+    second = worker_factory(stream_settings).start()
+
+    def shared() -> bool:
+        owners = httpx.get(f"{first.url}/router/", timeout=5).json()
+        return sum(1 for tables in owners.values() if any(tables.values())) == 2
+
+    eventually(shared, timeout=60)
+    ids = publish_sessions(stream_settings, sessions=6000, events_each=2)
+    gateway = gateway_factory(
+        stream_settings, [first, second], CLICKSTREAM_RELEASE_WAIT_SECONDS="0.2"
+    )
+    accepted = httpx.post(f"{gateway.address}{RELEASE_URL}", json={"release_id": new_id()})
+    assert accepted.status_code == 202, accepted.text
+    batch_id = accepted.json()["batch_id"]
+    second.kill()
+
+    restarted = worker_factory(stream_settings, restarting=second).start()
+
+    def complete() -> bool:
+        batch = httpx.get(
+            f"{gateway.address}/api/v1/clickstream/internal/batch",
+            params={"batch_id": batch_id},
+            timeout=30,
+        ).json()
+        return batch["status"] == "released"
+
+    eventually(complete, timeout=180)
+    [sessions] = released_batches(stream_settings).values()
+    counted = Counter(s["session_id"] for s in sessions)
+    assert set(counted) == set(ids), "no session missing"
+    assert max(counted.values()) == 1, "no session doubled"
+    assert all(s["event_count"] == 2 for s in sessions)
+    announced = TopicReader(stream_settings.kafka_common_config(), codec).read(
+        Topics(stream_settings.topic_prefix).batches
+    )
+    assert [m.record["batch_id"] for m in announced if m.name.endswith("BatchReleased")] == [
+        batch_id
+    ], "announced once"
+    assert restarted.pid is not None
