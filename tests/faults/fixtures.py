@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pymongo import MongoClient
 
-from deploy.local_servers import LocalGateway
+from deploy.local_servers import LocalGateway, LocalMongo, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -39,6 +39,17 @@ def gateway_factory(
     yield start
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture
+def own_mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMongo]:
+    """A mongod of this test alone, since the test stops it (and starts it again on the
+    same port and data)."""
+    server = LocalMongo(tmp_path_factory.mktemp("own-mongod"), free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def released_batches(settings: Settings) -> dict[str, list[dict[str, Any]]]:
