@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench soak install clean
 
 run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foreground
 	$(BIN)/clickstream run
@@ -16,6 +16,9 @@ test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
 
 bench: $(STAMP)  ## Every benchmark scenario on servers of its own (BENCH_SECONDS, default 10)
 	$(BIN)/python -m tests.perf.bench
+
+soak: $(STAMP)  ## Half capacity for SOAK_SECONDS (1800) with worker kills and broker restarts
+	$(BIN)/python -m tests.perf.soak
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .

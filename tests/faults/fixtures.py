@@ -1,12 +1,11 @@
 """What the fault tests break on purpose: a gateway process of their own (so clients reach
-it over real HTTP while workers die), and helpers to read every batch back."""
+it over real HTTP while workers die), and a mongod of their own."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from pymongo import MongoClient
 
 from deploy.local_servers import LocalGateway, LocalMongo, free_port
 
@@ -50,15 +49,3 @@ def own_mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMongo]
         yield server
     finally:
         server.stop()
-
-
-def released_batches(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """Every released batch in MongoDB, batch id -> its sessions with their events."""
-    from clickstream.batch_store import BatchStore  # noqa: PLC0415
-
-    store = BatchStore(MongoClient(settings.mongodb_url), settings.mongodb_database)
-    try:
-        ids = [doc["_id"] for doc in store.batches.find({"status": "released"}, {"_id": 1})]
-        return {str(batch_id): list(store.iter_sessions(batch_id)) for batch_id in ids}
-    finally:
-        store.close()

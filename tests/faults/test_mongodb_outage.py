@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from tests.faults.fixtures import released_batches
 from tests.utils.bulk import publish_sessions
+from tests.utils.clients import released_batches
 from tests.utils.payloads import new_id
 from tests.utils.pipeline import Pipeline, eventually, gateway_client
 

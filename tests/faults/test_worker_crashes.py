@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from schemas import Topics
-from tests.faults.fixtures import released_batches
 from tests.utils.bulk import publish_sessions
-from tests.utils.clients import Clients, assert_exactly_once
+from tests.utils.clients import Clients, assert_exactly_once, released_batches
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import new_id
 from tests.utils.pipeline import RELEASE_URL, eventually

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pymongo import MongoClient
 
+from clickstream.batch_store import BatchStore
 from tests.utils.payloads import event_body, session_body
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from clickstream.settings import Settings
 
 SESSION_PATH = "/api/v1/clickstream/session"
 EVENTS_PATH = "/api/v1/clickstream/session/events"
@@ -32,6 +36,7 @@ class Acknowledged:
 
     sessions: set[str] = field(default_factory=set)
     events: dict[str, set[str]] = field(default_factory=dict)
+    requests: int = 0
     retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -45,7 +50,8 @@ class Acknowledged:
 class Clients:
     """``count`` client threads against ``url``, each registering sessions and posting
     ``requests_per_session`` requests of ``events_per_request`` events to each, until
-    ``stop()`` or ``max_sessions`` sessions per client (a bound on the load).
+    ``stop()`` or ``max_sessions`` sessions per client (a bound on the load), at most
+    ``requests_per_second`` requests a second in all when given.
 
     A request is retried until it is answered 2xx or ``give_up_seconds`` pass; a
     request given up on is not counted as acknowledged.
@@ -61,6 +67,7 @@ class Clients:
         max_sessions: int = 10_000,
         give_up_seconds: float = 120.0,
         pause_seconds: float = 0.0,
+        requests_per_second: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -72,6 +79,9 @@ class Clients:
         self._give_up = give_up_seconds
         self._pause = pause_seconds
         self._headers = headers or {}
+        self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
+        self._next_slot = time.monotonic()
+        self._slot_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name=f"client-{n}", daemon=True)
@@ -130,7 +140,17 @@ class Clients:
             if self._pause:
                 time.sleep(self._pause)
 
+    def _pace(self) -> None:
+        """Wait for this request's slot: all clients together keep the offered rate."""
+        if not self._interval:
+            return
+        with self._slot_lock:
+            slot = max(self._next_slot, time.monotonic())
+            self._next_slot = slot + self._interval
+        time.sleep(max(0.0, slot - time.monotonic()))
+
     def _post(self, http: httpx.Client, path: str, body: dict[str, Any]) -> bool:
+        self._pace()
         deadline = time.monotonic() + self._give_up
         while True:
             try:
@@ -139,6 +159,8 @@ class Clients:
                 pass  # connection refused or reset: the gateway may be restarting
             else:
                 if response.is_success:
+                    with self.acknowledged._lock:
+                        self.acknowledged.requests += 1
                     return True
                 if response.status_code != 503:
                     raise AssertionError(f"{path} answered {response.status_code}: {response.text}")
@@ -172,3 +194,13 @@ def assert_exactly_once(
         f"{len(missing)} acknowledged events never released, e.g. {list(missing)[:3]}"
     )
     return counted
+
+
+def released_batches(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every released batch in MongoDB, batch id -> its sessions with their events."""
+    store = BatchStore(MongoClient(settings.mongodb_url), settings.mongodb_database)
+    try:
+        ids = [doc["_id"] for doc in store.batches.find({"status": "released"}, {"_id": 1})]
+        return {str(batch_id): list(store.iter_sessions(batch_id)) for batch_id in ids}
+    finally:
+        store.close()
