@@ -14,11 +14,12 @@ from clickstream.settings import Settings, get_settings
 from producers.gateway.body_limit import BodySizeLimit
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
+from producers.gateway.metrics import GatewayMetrics, MeteredPublisher, RequestMetrics
+from producers.gateway.metrics import router as metrics_router
 from producers.gateway.routes import batches, health, sessions
 from producers.gateway.workers import WorkerClient
 from producers.ingest import IngestMessages
 from producers.models import EventsIn, ReleaseIn, SessionIn, SessionRef
-from producers.publisher import KafkaPublisher
 from schemas import AvroCodec, Topics
 
 if TYPE_CHECKING:
@@ -35,11 +36,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     topics = Topics(settings.topic_prefix)
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        publisher = KafkaPublisher(
-            settings.kafka_producer_config(), settings.publish_timeout_seconds
+        publisher = MeteredPublisher(
+            settings.kafka_producer_config(), settings.publish_timeout_seconds, metrics
         )
         workers = WorkerClient(settings.worker_urls, settings.worker_request_timeout_seconds)
         mongodb_url = settings.mongodb_url
@@ -67,10 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
     add_error_handlers(app, settings.retry_after_seconds)
     app.include_router(sessions.router)
     app.include_router(batches.router)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     _document_request_bodies(app, [SessionIn, EventsIn, SessionRef, ReleaseIn])
     return app
 
