@@ -3,7 +3,8 @@
 One image runs several commands, so the check follows the command of the container's
 main process: the gateway must answer 200 on ``/health``; a worker must answer on its web
 port at all (``/ready/`` is 503 while it recovers its tables: alive, not ready); one-shot
-commands (``topics``, ``batch``) are healthy while they run.
+commands (``topics``, ``batch``) are healthy while they run. An argument names another
+pid than 1 (the tests check processes of their own).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 TIMEOUT_SECONDS = 4.0
 
 
-def command() -> list[str]:
-    """The main process's arguments (pid 1 in a container)."""
-    raw = Path("/proc/1/cmdline").read_bytes()
+def command(pid: str) -> list[str]:
+    """The arguments of the process checked: the container's main process, pid 1."""
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
 
 
@@ -31,9 +32,9 @@ def status(url: str) -> int:
         return exc.code
 
 
-def main() -> int:
-    args = command()
+def main(pid: str = "1") -> int:
     try:
+        args = command(pid)
         if "gateway" in args:
             port = os.environ.get("CLICKSTREAM_HTTP_PORT", "5000")
             return 0 if status(f"http://127.0.0.1:{port}/health") == 200 else 1
@@ -48,4 +49,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:2]))

@@ -4,15 +4,21 @@ and keeps the image's promises; the Grafana dashboard shows the metrics the code
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from deploy.local_servers import LocalGateway, free_port
 from producers.gateway.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from clickstream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -86,6 +92,33 @@ def test_the_dockerignore_keeps_the_context_to_the_sources() -> None:
             or f"!{copied}" in lines
             or copied.startswith("deploy/")
         ), copied
+
+
+def healthcheck(pid: int, **env: str) -> int:
+    """The image's HEALTHCHECK command, run against process ``pid``."""
+    script = ROOT / "deploy" / "docker" / "healthcheck.py"
+    return subprocess.run(
+        [sys.executable, str(script), str(pid)], env=env, timeout=30, check=False
+    ).returncode
+
+
+def test_the_healthcheck_asks_the_gateway_it_runs_beside(
+    settings: Settings, tmp_path: Path
+) -> None:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
+    gateway = LocalGateway(tmp_path / "gateway", env={**inherited, **settings.environment()})
+    gateway.start()
+    silent = subprocess.Popen(  # a "gateway" that serves nothing
+        [sys.executable, "-c", "import time; time.sleep(60)", "gateway"]
+    )
+    try:
+        assert gateway.pid is not None
+        assert healthcheck(gateway.pid, CLICKSTREAM_HTTP_PORT=str(gateway.port)) == 0
+        assert healthcheck(silent.pid, CLICKSTREAM_HTTP_PORT=str(free_port())) == 1
+    finally:
+        silent.terminate()
+        silent.wait(10)
+        gateway.stop()
 
 
 def dashboard_expressions() -> str:
