@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
+from clickstream.batch_store import BatchStore
+from consumers.batch_export import export_batch
 from deploy.local_servers import LocalGateway
 from tests.utils.payloads import event_body, new_id, session_body
 
@@ -96,6 +98,18 @@ def test_a_released_batch_exports_as_jsonl_and_parquet(pipeline: Pipeline, tmp_p
         assert [json.loads(line) for line in lines] == expected
         assert [json.loads(line) for line in to_stdout.stdout.splitlines()] == expected
         assert parquet_rows(parquet) == expected
+
+    # Written page by page: a row group per page of sessions.
+    store = BatchStore.connect(
+        str(pipeline.settings.mongodb_url), pipeline.settings.mongodb_database
+    )
+    try:
+        summary = export_batch(store, batch_ids[0], tmp_path / "paged.parquet", "parquet", 2)
+    finally:
+        store.close()
+    assert (summary.sessions, summary.events) == (3, 3)
+    assert pq.ParquetFile(tmp_path / "paged.parquet").metadata.num_row_groups == 2
+    assert parquet_rows(tmp_path / "paged.parquet") == pipeline.batch_sessions(batch_ids[0])
 
     first, second = (pipeline.batch_sessions(batch_id) for batch_id in batch_ids)
     assert [s["is_repeat"] for s in first] == [False, False, False]
