@@ -5,8 +5,9 @@ One row per session with all its events, in ``session_number`` order, read page 
 
 - JSONL: one JSON object per line, the session as ``GET .../batch/sessions`` shows it
   (``session_number``, ``is_repeat``, ``meta`` objects as JSON).
-- Parquet (the ``parquet`` extra, pyarrow): one row group per page of sessions. The
-  free-form objects (``search_meta``, ``meta`` of results and events) are JSON text
+- Parquet (the ``parquet`` extra, pyarrow): one row group per page of sessions, the same
+  fields (null where the API leaves one out, e.g. ``is_new`` of events outside a repeat).
+  The free-form objects (``search_meta``, ``meta`` of results and events) are JSON text
   columns: JSON numbers (integers beyond 64 bits among them) have no Arrow type.
 """
 
@@ -136,6 +137,9 @@ def parquet_schema() -> Any:
             pa.field("created_at", pa.int64(), nullable=False),
             pa.field("is_irrelevant", pa.bool_(), nullable=False),
             pa.field("is_repeat", pa.bool_(), nullable=False),
+            # A repeat's previous batch, and how many of its events are new since then.
+            pa.field("previous_batch_id", pa.string()),
+            pa.field("new_event_count", pa.int64()),
             pa.field("event_count", pa.int64(), nullable=False),
             pa.field(
                 "events",
@@ -147,6 +151,7 @@ def parquet_schema() -> Any:
                             pa.field("event_type", pa.string(), nullable=False),
                             pa.field("created_at", pa.int64(), nullable=False),
                             pa.field("meta", pa.string()),
+                            pa.field("is_new", pa.bool_()),
                         ]
                     )
                 ),
@@ -158,6 +163,16 @@ def parquet_schema() -> Any:
 
 def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _check_fields(session: dict[str, Any], schema: Any) -> None:
+    """A field the schema lacks would be dropped silently by pyarrow: refuse it instead."""
+    unknown = set(session) - set(schema.names)
+    events = schema.field("events").type.value_type
+    for event in session["events"]:
+        unknown |= {f"events.{name}" for name in event if events.get_field_index(name) < 0}
+    if unknown:
+        raise BatchExportError(f"fields missing from the Parquet schema: {sorted(unknown)}")
 
 
 def _parquet_row(session: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +209,8 @@ def _write_parquet(
     count = events = 0
     with pq.ParquetWriter(str(output), schema, compression="zstd") as writer:
         for page in _pages(sessions, page_size):
+            for session in page:
+                _check_fields(session, schema)
             rows = [_parquet_row(session) for session in page]
             writer.write_table(pa.Table.from_pylist(rows, schema=schema))
             count += len(rows)

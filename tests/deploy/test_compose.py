@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from clickstream.settings import Settings
-from schemas import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -115,19 +114,6 @@ def test_kafka_is_three_kraft_brokers_with_three_copies(
     topics = environment(services["topics"])
     assert topics["CLICKSTREAM_TOPIC_REPLICATION_FACTOR"] == "3"
     assert services["topics"]["command"] == ["topics"]
-
-
-def test_changelogs_are_created_compacted_under_the_workers_names(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    env = environment(services["changelogs"])
-    app_id = Topics(environment(services["topics"])["CLICKSTREAM_TOPIC_PREFIX"]).stream_app_id
-    assert env["CHANGELOGS"].split() == [
-        f"{app_id}-sessions-changelog",
-        f"{app_id}-partitions-changelog",
-    ]
-    assert env["PARTITIONS"] == environment(services["topics"])["CLICKSTREAM_TOPIC_PARTITIONS"]
-    assert "cleanup.policy=compact" in services["changelogs"]["command"][0]
 
 
 def test_mongodb_is_a_three_member_replica_set_initiated_once(

@@ -153,23 +153,21 @@ def test_workers_have_stable_ids_and_a_volume_for_rocksdb(rendered: Resources) -
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ready/"
 
 
-def test_strimzi_topics_are_the_pipelines_replicated_and_compacted(rendered: Resources) -> None:
+def test_strimzi_topics_are_the_pipelines_and_replicated(rendered: Resources) -> None:
     settings = settings_of(rendered, "StatefulSet", "clickstream-worker")
     names = Topics(settings["CLICKSTREAM_TOPIC_PREFIX"])
     partitions = int(settings["CLICKSTREAM_TOPIC_PARTITIONS"])
-    changelogs = {
-        f"{names.stream_app_id}-{table}-changelog" for table in ("sessions", "partitions")
-    }
-    expected = {**names.layout(partitions), **dict.fromkeys(changelogs, partitions)}
+    expected = names.layout(partitions)
     topics = {r["spec"]["topicName"]: r["spec"] for r in rendered if r["kind"] == "KafkaTopic"}
     assert {name: spec["partitions"] for name, spec in topics.items()} == expected
-    for name, spec in topics.items():
+    for spec in topics.values():
         assert spec["replicas"] == 3
         assert spec["config"]["min.insync.replicas"] == 2
-        assert (spec["config"].get("cleanup.policy") == "compact") == (name in changelogs)
     kafka = one(rendered, "Kafka", "clickstream")["spec"]["kafka"]
     assert kafka["config"]["min.insync.replicas"] == 2
     assert kafka["config"]["default.replication.factor"] == 3
+    # The workers' changelogs get as many copies.
+    assert settings["CLICKSTREAM_TOPIC_REPLICATION_FACTOR"] == "3"
     [pool] = [r for r in rendered if r["kind"] == "KafkaNodePool"]
     assert pool["spec"]["replicas"] == 3
     assert set(pool["spec"]["roles"]) == {"controller", "broker"}
