@@ -14,8 +14,7 @@ from clickstream.settings import Settings, get_settings
 from producers.gateway.body_limit import BodySizeLimit
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
-from producers.gateway.metrics import GatewayMetrics, MeteredPublisher, RequestMetrics
-from producers.gateway.metrics import router as metrics_router
+from producers.gateway.metrics import GatewayMetrics, MeteredPublisher
 from producers.gateway.routes import batches, health, sessions
 from producers.gateway.workers import WorkerClient
 from producers.ingest import IngestMessages
@@ -69,14 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.state.metrics = metrics
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
     add_error_handlers(app, settings.retry_after_seconds)
     app.include_router(sessions.router)
     app.include_router(batches.router)
     app.include_router(health.router)
-    app.include_router(metrics_router)
     _document_request_bodies(app, [SessionIn, EventsIn, SessionRef, ReleaseIn])
+    metrics.instrument(app)  # last: its middleware is the outermost, counting every answer
     return app
 
 

@@ -39,6 +39,7 @@ from producers.publisher import KafkaPublisher
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from fastapi import FastAPI
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from producers.publisher import OutgoingMessage
@@ -76,6 +77,13 @@ class GatewayMetrics:
         )
         for outcome in ("acknowledged", "unavailable"):
             self.publish_duration.labels(outcome)
+
+    def instrument(self, app: FastAPI) -> None:
+        """Count the app's requests and serve ``GET /metrics``. Call it after every other
+        middleware is added, so that it counts what they answer too (413s, CORS)."""
+        app.state.metrics = self
+        app.add_middleware(RequestMetrics, metrics=self)
+        app.include_router(router)
 
     def exposition(self) -> bytes:
         """The text format, summed over every process in multiprocess mode."""
