@@ -17,6 +17,7 @@ from kubernetes_validate.utils import ValidationError
 
 from clickstream.settings import Settings
 from schemas import Topics
+from stream_app.session_view import READY_PATH
 from tests.deploy.kustomize import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def test_workers_have_stable_ids_and_a_volume_for_rocksdb(rendered: Resources) -
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
     mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
     assert mounts[claim["metadata"]["name"]] == settings["CLICKSTREAM_DATA_DIR"]
-    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready/"
+    assert worker["readinessProbe"]["httpGet"]["path"] == READY_PATH
 
 
 def test_strimzi_topics_are_the_pipelines_and_replicated(rendered: Resources) -> None:
