@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 import httpx
 import typer
+from typer.core import TyperGroup
 
 from clickstream.exceptions import ClickstreamError
 from clickstream.log import configure_logging
@@ -99,18 +101,66 @@ def release(
     _show(response)
 
 
-@app.command()
+class _ShowByDefault(TyperGroup):
+    """``clickstream batch BATCH_ID`` is ``clickstream batch show BATCH_ID``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # Any: click or typer's
+        if args and args[0] not in self.commands and args[0] != "--help":
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+batch_app = typer.Typer(
+    cls=_ShowByDefault, no_args_is_help=True, help="Show a batch, or export its sessions."
+)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("show")
 def batch(
     batch_id: Annotated[str, typer.Argument(help="The batch_id a release answered")],
     url: GatewayUrl = None,
 ) -> None:
-    """Print a batch's status and counts."""
+    """Print a batch's status and counts (also: clickstream batch BATCH_ID)."""
     response = httpx.get(
         f"{_gateway_url(url)}/api/v1/clickstream/internal/batch",
         params={"batch_id": batch_id},
         timeout=30,
     )
     _show(response)
+
+
+class ExportFormat(StrEnum):
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+@batch_app.command("export")
+def export(
+    batch_id: Annotated[str, typer.Argument(help="A released batch")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File to write (replaced), or - for stdout")
+    ],
+    export_format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.JSONL,
+) -> None:
+    """Write a released batch's sessions with their events, one row per session, from
+    MongoDB (CLICKSTREAM_MONGODB_URI) in bounded memory. Parquet needs the parquet extra."""
+    from clickstream.batch_store import BatchStore  # noqa: PLC0415
+    from consumers.batch_export import export_batch  # noqa: PLC0415
+
+    configure_logging()
+    settings = get_settings()
+    if not settings.mongodb_url:
+        _fail(ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI"))
+    store = BatchStore.connect(str(settings.mongodb_url), settings.mongodb_database)
+    try:
+        summary = export_batch(store, batch_id, output, export_format.value)
+    except ClickstreamError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    if output != "-":
+        typer.echo(f"exported: {summary.sessions} sessions, {summary.events} events to {output}")
 
 
 @app.command()

@@ -14,11 +14,11 @@ from clickstream.settings import Settings, get_settings
 from producers.gateway.body_limit import BodySizeLimit
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
+from producers.gateway.metrics import GatewayMetrics, MeteredPublisher
 from producers.gateway.routes import batches, health, sessions
 from producers.gateway.workers import WorkerClient
 from producers.ingest import IngestMessages
 from producers.models import EventsIn, ReleaseIn, SessionIn, SessionRef
-from producers.publisher import KafkaPublisher
 from schemas import AvroCodec, Topics
 
 if TYPE_CHECKING:
@@ -35,11 +35,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     topics = Topics(settings.topic_prefix)
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        publisher = KafkaPublisher(
-            settings.kafka_producer_config(), settings.publish_timeout_seconds
+        publisher = MeteredPublisher(
+            settings.kafka_producer_config(), settings.publish_timeout_seconds, metrics
         )
         workers = WorkerClient(settings.worker_urls, settings.worker_request_timeout_seconds)
         mongodb_url = settings.mongodb_url
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(health.router)
     _document_request_bodies(app, [SessionIn, EventsIn, SessionRef, ReleaseIn])
+    metrics.instrument(app)  # last: its middleware is the outermost, counting every answer
     return app
 
 

@@ -1,0 +1,202 @@
+"""deploy/kubernetes, checked offline: the base and the example overlay, rendered (by
+tests/deploy/kustomize.py), against the Kubernetes OpenAPI schemas shipped in
+kubernetes-validate (strict: unknown fields are errors). Strimzi's resources (Kafka,
+KafkaNodePool, KafkaTopic, KafkaUser) have no schema there: they are checked below for
+what the pipeline needs (topics, replication, ACLs), not against Strimzi's CRDs."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import ValidationError
+
+from clickstream.settings import Settings
+from schemas import Topics
+from stream_app.session_view import READY_PATH
+from tests.deploy.kustomize import render
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+KUSTOMIZATIONS = ["base", "overlays/example"]
+# The oldest Kubernetes release still maintained when this was written.
+KUBERNETES_VERSION = "1.32.0"
+STRIMZI = "kafka.strimzi.io/v1beta2"
+OTHER_VARIABLES = {"CLICKSTREAM_LOG_LEVEL"}
+
+Resources = list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module", params=KUSTOMIZATIONS)
+def rendered(request: pytest.FixtureRequest) -> Resources:
+    return render(KUBERNETES / request.param)
+
+
+def one(resources: Resources, kind: str, name: str) -> dict[str, Any]:
+    [found] = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+def container(resources: Resources, kind: str, name: str) -> dict[str, Any]:
+    [found] = one(resources, kind, name)["spec"]["template"]["spec"]["containers"]
+    return found  # type: ignore[no-any-return]
+
+
+def settings_of(resources: Resources, kind: str, name: str) -> dict[str, str]:
+    """The CLICKSTREAM_ variables a workload's container gets (ConfigMap, Secret, env)."""
+    values: dict[str, str] = {}
+    spec = container(resources, kind, name)
+    for source in spec.get("envFrom", []):
+        if "configMapRef" in source:
+            values.update(one(resources, "ConfigMap", source["configMapRef"]["name"])["data"])
+        else:
+            values.update(one(resources, "Secret", source["secretRef"]["name"])["stringData"])
+    values.update({e["name"]: e.get("value", "") for e in spec.get("env", [])})
+    return values
+
+
+def test_every_resource_follows_the_kubernetes_schemas(rendered: Resources) -> None:
+    checked = 0
+    for resource in rendered:
+        if resource["apiVersion"] == STRIMZI:
+            continue
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+        checked += 1
+    assert checked >= 15
+
+
+def test_the_schema_check_catches_a_broken_resource(rendered: Resources) -> None:
+    broken = copy.deepcopy(one(rendered, "Deployment", "clickstream-gateway"))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pathh"] = "/"
+    with pytest.raises(ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_names_are_unique_and_the_overlay_sets_its_namespace() -> None:
+    for kustomization in KUSTOMIZATIONS:
+        resources = render(KUBERNETES / kustomization)
+        keys = [(r["kind"], r["metadata"]["name"]) for r in resources]
+        assert len(keys) == len(set(keys)), kustomization
+    overlay = render(KUBERNETES / "overlays/example")
+    namespaced = [r for r in overlay if r["kind"] != "Namespace"]
+    assert {r["metadata"]["namespace"] for r in namespaced} == {"clickstream-example"}
+    assert container(overlay, "Deployment", "clickstream-gateway")["image"].endswith(
+        "/clickstream:0.1.0"
+    )
+    assert one(overlay, "StatefulSet", "clickstream-worker")["spec"]["replicas"] == 3
+
+
+def test_every_clickstream_variable_is_a_valid_setting(
+    rendered: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = {f"CLICKSTREAM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    for kind, name in [
+        ("Deployment", "clickstream-gateway"),
+        ("StatefulSet", "clickstream-worker"),
+    ]:
+        env = settings_of(rendered, kind, name)
+        clickstream = {k for k in env if k.startswith("CLICKSTREAM_")}
+        assert clickstream <= known, clickstream - known
+        # Read as the process reads them (JSON values included), Kubernetes' $(VAR) filled.
+        with monkeypatch.context() as patched:
+            for variable in (v for v in os.environ if v.startswith("CLICKSTREAM_")):
+                patched.delenv(variable)
+            for variable in clickstream:
+                value = env[variable].replace("$(KAFKA_PASSWORD)", "secret")
+                patched.setenv(variable, value.replace("$(POD_NAME)", "clickstream-worker-0"))
+            settings = Settings()
+        assert settings.kafka_bootstrap
+        assert settings.mongodb_url
+        if kind == "Deployment":
+            assert settings.kafka_extra_config["sasl.username"] == "clickstream-gateway"
+            assert settings.kafka_extra_config["sasl.password"] == "secret"
+        else:
+            assert settings.worker_instance_id == "clickstream-worker-0"
+
+
+def test_gateway_probes_drain_resources_and_scaling(rendered: Resources) -> None:
+    gateway = container(rendered, "Deployment", "clickstream-gateway")
+    assert gateway["args"] == ["gateway"]
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert gateway["lifecycle"]["preStop"]
+    assert {"requests", "limits"} <= set(gateway["resources"])
+    hpa = one(rendered, "HorizontalPodAutoscaler", "clickstream-gateway")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "clickstream-gateway"
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = one(rendered, "PodDisruptionBudget", "clickstream-gateway")
+    labels = one(rendered, "Deployment", "clickstream-gateway")["spec"]["template"]["metadata"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels["labels"].items()
+
+
+def test_workers_have_stable_ids_and_a_volume_for_rocksdb(rendered: Resources) -> None:
+    statefulset = one(rendered, "StatefulSet", "clickstream-worker")
+    worker = container(rendered, "StatefulSet", "clickstream-worker")
+    env = {e["name"]: e for e in worker["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["CLICKSTREAM_WORKER_ID"]["value"] == "$(POD_NAME)"
+    names = [e["name"] for e in worker["env"]]
+    assert names.index("POD_NAME") < names.index("CLICKSTREAM_WORKER_ID")  # $(...) order
+    headless = one(rendered, "Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert (
+        env["CLICKSTREAM_WORKER_WEB_HOST"]["value"] == f"$(POD_NAME).{headless['metadata']['name']}"
+    )
+    settings = settings_of(rendered, "StatefulSet", "clickstream-worker")
+    assert settings["CLICKSTREAM_WORKER_STORE"] == "rocksdb"
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == settings["CLICKSTREAM_DATA_DIR"]
+    assert worker["readinessProbe"]["httpGet"]["path"] == READY_PATH
+
+
+def test_strimzi_topics_are_the_pipelines_and_replicated(rendered: Resources) -> None:
+    settings = settings_of(rendered, "StatefulSet", "clickstream-worker")
+    names = Topics(settings["CLICKSTREAM_TOPIC_PREFIX"])
+    partitions = int(settings["CLICKSTREAM_TOPIC_PARTITIONS"])
+    expected = names.layout(partitions)
+    topics = {r["spec"]["topicName"]: r["spec"] for r in rendered if r["kind"] == "KafkaTopic"}
+    assert {name: spec["partitions"] for name, spec in topics.items()} == expected
+    for spec in topics.values():
+        assert spec["replicas"] == 3
+        assert spec["config"]["min.insync.replicas"] == 2
+    kafka = one(rendered, "Kafka", "clickstream")["spec"]["kafka"]
+    assert kafka["config"]["min.insync.replicas"] == 2
+    assert kafka["config"]["default.replication.factor"] == 3
+    # The workers' changelogs get as many copies.
+    assert settings["CLICKSTREAM_TOPIC_REPLICATION_FACTOR"] == "3"
+    [pool] = [r for r in rendered if r["kind"] == "KafkaNodePool"]
+    assert pool["spec"]["replicas"] == 3
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
+
+
+def writers(rendered: Resources, topic: str) -> set[str]:
+    """KafkaUsers allowed to write ``topic``."""
+    found = set()
+    for user in (r for r in rendered if r["kind"] == "KafkaUser"):
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            matches = (
+                resource["name"] == topic
+                if resource["patternType"] == "literal"
+                else (topic.startswith(resource["name"]))
+            )
+            if resource["type"] == "topic" and matches and "Write" in acl["operations"]:
+                found.add(user["metadata"]["name"])
+    return found
+
+
+def test_acls_let_producers_write_only_sessions_and_events(rendered: Resources) -> None:
+    names = Topics("clickstream.")
+    assert writers(rendered, names.sessions) == {"clickstream-gateway", "clickstream-producer"}
+    assert writers(rendered, names.events) == {"clickstream-gateway", "clickstream-producer"}
+    assert writers(rendered, names.releases) == {"clickstream-gateway", "clickstream-operator"}
+    for topic in (names.batches, names.dead_letter):
+        assert writers(rendered, topic) == set()
+    gateway = container(rendered, "Deployment", "clickstream-gateway")
+    [password] = [e for e in gateway["env"] if e["name"] == "KAFKA_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"]["name"] == "clickstream-gateway"
