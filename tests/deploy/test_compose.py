@@ -4,10 +4,10 @@ services, settings the code knows, the Kafka and MongoDB clusters' shape)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,12 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def compose_spec_schema() -> dict[str, Any]:
-    schema = resources.files("check_jsonschema").joinpath(
-        "builtin_schemas/vendor/compose-spec.json"
-    )
+    # Found without importing check_jsonschema: its CLI does not import beside faust's click.
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    package = Path(next(iter(spec.submodule_search_locations)))
+    schema = package / "builtin_schemas" / "vendor" / "compose-spec.json"
     loaded: dict[str, Any] = json.loads(schema.read_text(encoding="utf-8"))
     return loaded
 
