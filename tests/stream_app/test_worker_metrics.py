@@ -1,0 +1,97 @@
+"""The worker's Prometheus metrics on ``/metrics`` of its web server, after a known load."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas import Topics
+from tests.utils.payloads import event_body, new_id, session_body
+from tests.utils.pipeline import eventually
+
+if TYPE_CHECKING:
+    from tests.utils.pipeline import Pipeline
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _scrape(url: str) -> Samples:
+    """Every sample of the worker's ``/metrics``, as a Prometheus server would read it (no
+    credential)."""
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def _by(samples: Samples, name: str, label: str) -> dict[str, float]:
+    return {dict(labels)[label]: value for (n, labels), value in samples.items() if n == name}
+
+
+def test_metrics_count_exactly_what_a_known_load_gives(pipeline: Pipeline) -> None:
+    topics = Topics(pipeline.settings.topic_prefix)
+    partitions = pipeline.settings.topic_partitions
+    sessions = [session_body() for _ in range(4)]
+    for session in sessions:
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body(), event_body()])
+        pipeline.add_events(session["session_id"], [event_body()])
+    producer = Producer(pipeline.settings.kafka_producer_config())
+    producer.produce(topics.sessions, b"not an avro message", b"junk")
+    assert producer.flush(10) == 0
+
+    released = pipeline.release(new_id()).json()
+    assert (released["session_count"], released["event_count"]) == (4, 12)
+
+    worker = pipeline.workers[0]
+
+    def settled() -> Samples:
+        """Once every source partition is handled up to its end and the release counted."""
+        samples = _scrape(worker.url)
+        lag = {
+            (dict(labels)["topic"], dict(labels)["partition"]): value
+            for (name, labels), value in samples.items()
+            if name == "clickstream_worker_consumer_lag"
+        }
+        assert {topic for topic, _ in lag} == {topics.sessions, topics.events}
+        assert len(lag) == 2 * partitions, "one worker owns every partition"
+        assert set(lag.values()) == {0}, lag
+        assert samples[("clickstream_releases_total", frozenset({("outcome", "released")}))] == 1
+        return samples
+
+    samples = eventually(settled, timeout=60)
+
+    messages = {
+        (dict(labels)["topic"], dict(labels)["kind"]): value
+        for (name, labels), value in samples.items()
+        if name == "clickstream_worker_messages_total"
+    }
+    ticks = messages.pop((topics.sessions, "PartitionTick"), 0)
+    assert ticks >= 1, "the coordinator ticks every partition every half second"
+    assert messages == {
+        (topics.sessions, "SessionRegistered"): 4,
+        (topics.events, "SessionEvents"): 8,
+        (topics.sessions, "undecodable"): 1,
+        (topics.sessions, "ReleaseMarker"): partitions,
+        (topics.events, "ReleaseMarker"): partitions,
+    }
+    dead = _by(samples, "clickstream_dead_letters_total", "reason")
+    assert dead.pop("undecodable_message") == 1
+    assert set(dead.values()) == {0}, dead
+    assert _by(samples, "clickstream_releases_total", "outcome") == {"released": 1, "empty": 0}
+    assert samples[("clickstream_batches_announced_total", frozenset())] == 1
+    assert samples[("clickstream_release_duration_seconds_count", frozenset())] == 1
+    assert samples[("clickstream_release_duration_seconds_sum", frozenset())] > 0
+    assert samples[("clickstream_worker_handler_retries_total", frozenset())] == 0
+    assert _by(samples, "clickstream_worker_table_entries", "table") == {
+        "sessions": 4,
+        "pieces": 4,  # a few small events fit in one piece per session
+        "partitions": partitions,
+    }
