@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -15,6 +17,7 @@ from tests.utils.pipeline import eventually
 if TYPE_CHECKING:
     from tests.utils.pipeline import Pipeline
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/clickstream.json"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -95,3 +98,38 @@ def test_metrics_count_exactly_what_a_known_load_gives(pipeline: Pipeline) -> No
         "pieces": 4,  # a few small events fit in one piece per session
         "partitions": partitions,
     }
+    shown = re.findall(r"clickstream_(?!gateway_)[a-z_]+", DASHBOARD.read_text())
+    served = {name for name, _ in samples} | {name.removesuffix("_bucket") for name, _ in samples}
+    assert set(shown) <= served, "the dashboard shows only what the worker serves"
+
+
+def test_consumer_lag_shows_a_backlog_and_returns_to_zero(pipeline: Pipeline) -> None:
+    """A burst of messages on one partition, each dead-lettered (an acknowledged send per
+    message), is a backlog the worker works through: the lag of that partition is seen
+    above 0, then back at 0 once every message was handled."""
+    topics = Topics(pipeline.settings.topic_prefix)
+    burst = 300
+    producer = Producer(pipeline.settings.kafka_producer_config())
+    for _ in range(burst):
+        producer.produce(topics.sessions, b"not an avro message", b"one key, one partition")
+    assert producer.flush(10) == 0
+    worker = pipeline.workers[0]
+    seen: list[float] = []
+
+    def worked_through() -> bool:
+        samples = _scrape(worker.url)
+        lag = [v for (n, _), v in samples.items() if n == "clickstream_worker_consumer_lag"]
+        seen.append(max(lag, default=0))
+        handled = samples.get(
+            (
+                "clickstream_worker_messages_total",
+                frozenset({("topic", topics.sessions), ("kind", "undecodable")}),
+            ),
+            0,
+        )
+        return handled == burst and set(lag) == {0}
+
+    eventually(worked_through, timeout=120)
+    assert max(seen) > 0, "the backlog was never seen"
+    dead = _by(_scrape(worker.url), "clickstream_dead_letters_total", "reason")
+    assert dead["undecodable_message"] == burst
