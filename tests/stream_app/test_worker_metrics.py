@@ -12,10 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import Topics
 from tests.utils.payloads import event_body, new_id, session_body
-from tests.utils.pipeline import eventually
+from tests.utils.pipeline import Pipeline, eventually, gateway_client
 
 if TYPE_CHECKING:
-    from tests.utils.pipeline import Pipeline
+    from collections.abc import Callable
+
+    from clickstream.settings import Settings
+    from deploy.local_servers import LocalMongo
+    from tests.utils.pipeline import Worker
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/clickstream.json"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -133,3 +137,44 @@ def test_consumer_lag_shows_a_backlog_and_returns_to_zero(pipeline: Pipeline) ->
     assert max(seen) > 0, "the backlog was never seen"
     dead = _by(_scrape(worker.url), "clickstream_dead_letters_total", "reason")
     assert dead["undecodable_message"] == burst
+
+
+def test_handler_retries_are_counted_and_the_retried_message_once(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[..., Worker],
+    own_mongod: LocalMongo,
+) -> None:
+    """Events of a session the worker does not hold make it look for a released copy in
+    MongoDB; with MongoDB away that read fails and the message is retried until it is back."""
+    settings = settings_factory(
+        mongodb_uri=f"{own_mongod.address}&serverSelectionTimeoutMS=2000",
+        tick_interval_seconds=0.5,
+    )
+    worker = worker_factory(settings).start()
+    topics = Topics(settings.topic_prefix)
+    session = session_body()
+
+    def retries() -> float:
+        return _scrape(worker.url)[("clickstream_worker_handler_retries_total", frozenset())]
+
+    with gateway_client(settings, [worker]) as gateway:
+        pipeline = Pipeline(settings, gateway, [worker])
+        own_mongod.stop()
+        try:
+            pipeline.add_events(session["session_id"], [event_body()])
+            eventually(lambda: retries() >= 2, timeout=60)
+        finally:
+            own_mongod.start()
+        pipeline.register(session)
+        pipeline.wait_session(session["session_id"], events=1, timeout=120)
+
+    samples = _scrape(worker.url)
+    kinds = {
+        (dict(labels)["topic"], dict(labels)["kind"]): value
+        for (name, labels), value in samples.items()
+        if name == "clickstream_worker_messages_total"
+    }
+    assert kinds[(topics.events, "SessionEvents")] == 1, "retried, yet handled once"
+    assert kinds[(topics.sessions, "SessionRegistered")] == 1
+    assert samples[("clickstream_worker_handler_retries_total", frozenset())] >= 2
+    assert "worker stopping" not in worker.log(), "retried within its budget, not stopped"
