@@ -24,7 +24,7 @@ import bson
 from bson import ObjectId
 
 from schemas import MalformedMessageError
-from stream_app import dead_letters, join, releases
+from stream_app import dead_letters, join, metrics, releases
 from stream_app.tables import partition_key
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ class JoinAgent:
             where = f"topic={message.topic} partition={message.partition} offset={message.offset}"
             await self._failures.handle(functools.partial(self._handle, event), where)
             await stream.ack(event)
+            metrics.handled(self._avro, message)
 
     def forget_derived_state(self) -> None:
         """Partitions moved: what is derived from the tables is built again when needed."""
@@ -431,6 +432,7 @@ class JoinAgent:
         key = session_id.encode() if session_id is not None else None
         delivered = await self._topics.dead_letter.send(key=key, value=encoded)
         await delivered
+        metrics.DEAD_LETTERS.labels(fields["reason"]).inc()
 
 
 _COUNTS = ("session_count", "event_count", "repeat_session_count", "deferred_session_count")

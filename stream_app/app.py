@@ -15,6 +15,7 @@ from stream_app.faust_fixes import (
     never_pause_on_full_buffer,
     take_every_fetched_message,
 )
+from stream_app.metrics import attach_metrics
 from stream_app.session_view import attach_session_view
 from stream_app.tables import declare_tables
 from stream_app.topics import declare_topics
@@ -101,6 +102,7 @@ def create_app(
         agent.forget_derived_state()
 
     attach_session_view(app, tables)
+    attach_metrics(app, tables, names.ingest())
     return app
 
 

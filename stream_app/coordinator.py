@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from clickstream.batch_store import RELEASED, RELEASING, now_ms
 from schemas import MalformedMessageError, Topics
+from stream_app import metrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -140,6 +141,7 @@ class ReleaseCoordinator:
         self, consumer: Consumer, plain: Producer, producer: Producer, messages: list[Message]
     ) -> None:
         producer.begin_transaction()
+        metrics.RELEASES.begin()
         try:
             for message in messages:
                 self._handle(message, plain, producer)
@@ -151,6 +153,7 @@ class ReleaseCoordinator:
                 _KAFKA_TIMEOUT,
             )
             producer.commit_transaction(_KAFKA_TIMEOUT)
+            metrics.RELEASES.committed()
         except Exception:
             logger.exception("release coordinator poll failed; it will be replayed")
             producer.abort_transaction(_KAFKA_TIMEOUT)  # raises if fenced: start again
@@ -228,6 +231,7 @@ class ReleaseCoordinator:
             return  # completed by another report; this one is a repeat
         if batch.total("session_count") == 0:
             self._store.mark_empty(batch_id)
+            metrics.RELEASES.empty()
             logger.info("release empty batch=%s release=%s", batch.batch_id, batch.release_id)
             return
         batch = self._store.mark_released(batch_id, now_ms())
@@ -247,6 +251,7 @@ class ReleaseCoordinator:
             self._avro.encode(BATCH_RELEASED, announcement),
             batch.batch_id.encode(),
         )
+        metrics.RELEASES.announced(batch)
         logger.info(
             "batch released batch=%s release=%s sessions=%s events=%s",
             batch.batch_id,

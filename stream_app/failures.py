@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential_jitter
 
+from stream_app import metrics
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -79,6 +81,7 @@ class FailurePolicy:
 
 
 def _log_retry(state: RetryCallState, where: str) -> None:
+    metrics.HANDLER_RETRIES.inc()
     outcome = state.outcome
     error = outcome.exception() if outcome is not None else None
     sleep = state.next_action.sleep if state.next_action is not None else 0.0
