@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument, WriteConcern
 from pymongo.errors import DuplicateKeyError
+from pymongo.read_concern import ReadConcern
 
+from clickstream.settings import get_settings
 from schemas import from_json_text
 
 if TYPE_CHECKING:
@@ -54,6 +56,9 @@ class Batch:
     min_idle_seconds: int
     partition_count: int
     partitions: dict[str, dict[str, int]]
+    request_ids: tuple[str, ...] = ()
+    markers_sent_at_ms: int = 0
+    heal_count: int = 0
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Batch:
@@ -66,6 +71,9 @@ class Batch:
             min_idle_seconds=doc.get("min_idle_seconds", 0),
             partition_count=doc["partition_count"],
             partitions=doc.get("partitions", {}),
+            request_ids=tuple(doc.get("request_ids", ())),
+            markers_sent_at_ms=doc.get("markers_sent_at_ms", doc["requested_at_ms"]),
+            heal_count=doc.get("heal_count", 0),
         )
 
     def total(self, name: str) -> int:
@@ -74,6 +82,17 @@ class Batch:
     @property
     def complete(self) -> bool:
         return len(self.partitions) == self.partition_count
+
+    @property
+    def done_partitions(self) -> list[int]:
+        """The partitions that have written their part and reported it."""
+        return sorted(int(p) for p in self.partitions)
+
+    @property
+    def waiting_partitions(self) -> list[int]:
+        """The partitions the batch still waits for."""
+        done = set(self.done_partitions)
+        return [p for p in range(self.partition_count) if p not in done]
 
     def public(self) -> dict[str, Any]:
         """The answer of the release and batch endpoints."""
@@ -89,6 +108,9 @@ class Batch:
             "repeat_session_count": self.total("repeat_session_count") if released else None,
             "partitions_done": len(self.partitions),
             "partition_count": self.partition_count,
+            "done_partitions": self.done_partitions,
+            "waiting_partitions": self.waiting_partitions,
+            "heal_count": self.heal_count,
         }
 
 
@@ -138,13 +160,29 @@ class BatchStore:
 
     def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
         self.client = client
-        db = client[database]
+        # What a batch says was written stays written through a primary's failover, and
+        # reads never show what a failover could roll back.
+        db = client.get_database(
+            database,
+            write_concern=WriteConcern(w="majority", j=True),
+            read_concern=ReadConcern("majority"),
+        )
         self.batches: Collection[dict[str, Any]] = db["batches"]
         self.sessions: Collection[dict[str, Any]] = db["batch_sessions"]
 
     @classmethod
-    def connect(cls, uri: str, database: str) -> BatchStore:
-        return cls(MongoClient(uri, tz_aware=True), database)
+    def connect(
+        cls, uri: str, database: str, *, server_selection_timeout_seconds: float | None = None
+    ) -> BatchStore:
+        """A store on its own client. An operation fails once no usable server was found
+        within the timeout (default ``CLICKSTREAM_MONGODB_SERVER_SELECTION_TIMEOUT_SECONDS``)."""
+        timeout = server_selection_timeout_seconds
+        if timeout is None:
+            timeout = get_settings().mongodb_server_selection_timeout_seconds
+        client: MongoClient[dict[str, Any]] = MongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=int(timeout * 1000)
+        )
+        return cls(client, database)
 
     def close(self) -> None:
         self.client.close()
@@ -156,6 +194,7 @@ class BatchStore:
             partialFilterExpression={"release_id": {"$type": "string"}},
         )
         self.batches.create_index("request_ids")
+        self.batches.create_index("status")
         self.batches.create_index("emptied_at", expireAfterSeconds=EMPTY_RELEASE_TTL_SECONDS)
         self.sessions.create_index(
             [("batch_id", ASCENDING), ("session_number", ASCENDING)], unique=True
@@ -194,6 +233,8 @@ class BatchStore:
             "partition_count": partition_count,
             "partitions": {},
             "request_ids": [request_id],
+            "markers_sent_at_ms": now_ms(),
+            "heal_count": 0,
         }
         try:
             self.batches.insert_one(doc)
@@ -241,6 +282,30 @@ class BatchStore:
                 },
                 "$unset": {"release_id": ""},
             },
+        )
+
+    def stalled_releases(self, sent_before_ms: int) -> list[Batch]:
+        """Batches still releasing whose markers were last sent before ``sent_before_ms``."""
+        cursor = self.batches.find(
+            {
+                "status": RELEASING,
+                "$or": [
+                    {"markers_sent_at_ms": {"$lt": sent_before_ms}},
+                    # documents of an earlier version: their markers went with the request
+                    {
+                        "markers_sent_at_ms": {"$exists": False},
+                        "requested_at_ms": {"$lt": sent_before_ms},
+                    },
+                ],
+            }
+        )
+        return [Batch.from_document(doc) for doc in cursor]
+
+    def mark_markers_sent(self, batch_id: ObjectId, sent_at_ms: int) -> None:
+        """Record that the batch's markers were sent again (to heal it)."""
+        self.batches.update_one(
+            {"_id": batch_id, "status": RELEASING},
+            {"$set": {"markers_sent_at_ms": sent_at_ms}, "$inc": {"heal_count": 1}},
         )
 
     # -- partition owners ---------------------------------------------------------------

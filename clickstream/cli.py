@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from typing import Annotated
@@ -60,6 +61,11 @@ def worker() -> None:
         _fail(exc)
 
 
+class Via(enum.StrEnum):
+    http = "http"
+    kafka = "kafka"
+
+
 GatewayUrl = Annotated[
     str | None,
     typer.Option(
@@ -89,14 +95,44 @@ def release(
         int, typer.Option(help="Leave sessions active this recently for the next release")
     ] = 0,
     url: GatewayUrl = None,
+    via: Annotated[
+        Via,
+        typer.Option(
+            help="http: ask the gateway. kafka: produce a ReleaseRequested to the releases "
+            "topic and wait for its answer on the batch topic (CLICKSTREAM_KAFKA_BOOTSTRAP)"
+        ),
+    ] = Via.http,
 ) -> None:
-    """Release everything gathered so far as a batch, and print it."""
+    """Release everything gathered so far as a batch, and print it (exit 1 when there was
+    nothing to release)."""
+    if via is Via.kafka:
+        _release_via_kafka(release_id, min_idle_seconds)
+        return
     response = httpx.post(
         f"{_gateway_url(url)}/api/v1/clickstream/internal/batch/release",
         json={"release_id": release_id, "min_idle_seconds": min_idle_seconds},
         timeout=get_settings().release_wait_seconds + 30,
     )
     _show(response)
+
+
+def _release_via_kafka(release_id: str, min_idle_seconds: int) -> None:
+    from consumers.batch_reader import BatchReader  # noqa: PLC0415 - keeps other commands light
+    from producers.library import ClickstreamProducer  # noqa: PLC0415
+
+    settings = get_settings()
+    try:
+        with ClickstreamProducer(settings) as producer:
+            request_id = producer.request_release(release_id, min_idle_seconds)
+        with BatchReader(settings) as reader:
+            answer = reader.wait_for_release(
+                release_id, request_id=request_id, timeout=settings.release_wait_seconds
+            )
+    except (ClickstreamError, ValueError, TimeoutError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(answer.public(), indent=2))
+    if not answer.released:
+        raise typer.Exit(1)
 
 
 @app.command()
