@@ -163,9 +163,7 @@ def test_a_release_with_nothing_to_release_is_announced_as_empty(
     assert pipeline.batch(outcome.record["batch_id"]).status_code == 404, "no batch made"
 
 
-def test_the_library_and_the_cli_release_by_message(
-    pipeline: Pipeline, codec: AvroCodec
-) -> None:
+def test_the_library_and_the_cli_release_by_message(pipeline: Pipeline) -> None:
     empty_id, first_id, second_id = new_id(), new_id(), new_id()
     cli = [str(Path(sys.executable).with_name("clickstream")), "release"]
     env = pipeline.settings.environment()
