@@ -79,8 +79,7 @@ def test_a_batch_whose_markers_were_lost_on_some_partitions_heals(
     assert set(waiting["done_partitions"]) >= set(range(6)) - lost
 
     healed = eventually(
-        lambda: (answer := pipeline.batch(str(batch_id)).json())["status"] == "released"
-        and answer,
+        lambda: (answer := pipeline.batch(str(batch_id)).json())["status"] == "released" and answer,
         timeout=60,
     )
     expected = set().union(*(by_partition[p] for p in lost))
