@@ -53,6 +53,10 @@ _KAFKA_TIMEOUT = 30.0
 _HEAL_CHECK_SECONDS = 5.0
 
 
+class MarkerDeliveryError(KafkaException):
+    """Release markers were not all acknowledged: the poll is replayed, markers included."""
+
+
 def batch_id_for(message: Message) -> ObjectId:
     """A batch id fixed by the request's place on the releases topic, so a replayed
     request gets the same id: its timestamp, then a hash of topic, partition and offset."""
@@ -164,10 +168,12 @@ class ReleaseCoordinator:
                 _KAFKA_TIMEOUT,
             )
             producer.commit_transaction(_KAFKA_TIMEOUT)
-        except Exception:
+        except Exception as exc:
             logger.exception("release coordinator poll failed; it will be replayed")
             producer.abort_transaction(_KAFKA_TIMEOUT)  # raises if fenced: start again
             self._rewind(consumer, consumer.assignment())
+            if isinstance(exc, MarkerDeliveryError):
+                raise  # the replay starts with new producers: the old one may be unusable
             self._stopping.wait(1.0)
 
     @staticmethod
@@ -235,7 +241,7 @@ class ReleaseCoordinator:
         remaining = plain.flush(_KAFKA_TIMEOUT)
         errors, self._marker_errors = self._marker_errors, []
         if remaining or errors:
-            raise KafkaException(
+            raise MarkerDeliveryError(
                 f"release markers not delivered: {remaining} unacknowledged, "
                 f"{len(errors)} failed ({'; '.join(errors[:3])})"
             )
@@ -329,14 +335,16 @@ class ReleaseCoordinator:
             return
         for batch in stalled:
             waiting = batch.waiting_partitions
+            if not waiting:  # every part reported: completed by the replay of the last report
+                continue
             self._marker_errors.clear()
             self._send_markers(plain, batch, waiting)
+            # Not delivered: raises, and coordination starts again with new producers.
+            self._check_markers_delivered(plain)
             try:
-                self._check_markers_delivered(plain)
                 self._store.mark_markers_sent(ObjectId(batch.batch_id), now_ms())
-            except (KafkaException, PyMongoError) as exc:
-                logger.warning("release not healed batch=%s error=%s", batch.batch_id, exc)
-                continue
+            except PyMongoError as exc:  # sent again at the next check: harmless
+                logger.warning("release heal not recorded batch=%s error=%s", batch.batch_id, exc)
             logger.warning(
                 "release healed: markers sent again batch=%s release=%s partitions=%s "
                 "attempt=%s waited_s=%s",
