@@ -161,6 +161,8 @@ def test_a_release_with_nothing_to_release_is_announced_as_empty(
         [request_id],
     )
     assert pipeline.batch(outcome.record["batch_id"]).status_code == 404, "no batch made"
+    with BatchReader(pipeline.settings, group_id=new_id()) as jobs:
+        assert list(jobs.follow(idle_timeout=3)) == [], "nothing for fine-tuning jobs"
 
 
 def test_the_library_and_the_cli_release_by_message(pipeline: Pipeline) -> None:
