@@ -64,15 +64,15 @@ class _SlowToStop(LocalServer):
         return Path("/bin/sh")
 
     def command(self) -> list[str]:
-        done = self.data_dir / "done"
+        done, ready = self.data_dir / "done", self.data_dir / "ready"
         return [
             str(self.binary()),
             "-c",
-            f'trap "" TERM; while [ ! -e {done} ]; do sleep 0.05; done',
+            f'trap "" TERM; touch {ready}; while [ ! -e {done} ]; do sleep 0.05; done',
         ]
 
     def probe(self) -> bool:
-        return True
+        return (self.data_dir / "ready").exists()  # SIGTERM is ignored from now on
 
     @property
     def address(self) -> str:
