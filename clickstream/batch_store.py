@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
 
 from clickstream.settings import get_settings
 from schemas import from_json_text
