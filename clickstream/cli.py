@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 from typing import Annotated
@@ -61,11 +60,6 @@ def worker() -> None:
         _fail(exc)
 
 
-class Via(enum.StrEnum):
-    http = "http"
-    kafka = "kafka"
-
-
 GatewayUrl = Annotated[
     str | None,
     typer.Option(
@@ -96,18 +90,20 @@ def release(
     ] = 0,
     url: GatewayUrl = None,
     via: Annotated[
-        Via,
+        str,
         typer.Option(
             help="http: ask the gateway. kafka: produce a ReleaseRequested to the releases "
             "topic and wait for its answer on the batch topic (CLICKSTREAM_KAFKA_BOOTSTRAP)"
         ),
-    ] = Via.http,
+    ] = "http",
 ) -> None:
     """Release everything gathered so far as a batch, and print it (exit 1 when there was
     nothing to release)."""
-    if via is Via.kafka:
+    if via == "kafka":
         _release_via_kafka(release_id, min_idle_seconds)
         return
+    if via != "http":
+        _fail(ValueError(f"--via is http or kafka, not {via!r}"))
     response = httpx.post(
         f"{_gateway_url(url)}/api/v1/clickstream/internal/batch/release",
         json={"release_id": release_id, "min_idle_seconds": min_idle_seconds},
