@@ -82,6 +82,25 @@ def _show(response: httpx.Response) -> None:
         raise typer.Exit(1)
 
 
+def _release_via_kafka(release_id: str, min_idle_seconds: int) -> None:
+    from consumers.batch_reader import BatchReader  # noqa: PLC0415 - keeps other commands light
+    from producers.library import ClickstreamProducer  # noqa: PLC0415
+
+    settings = get_settings()
+    try:
+        with ClickstreamProducer(settings) as producer:
+            request_id = producer.request_release(release_id, min_idle_seconds)
+        with BatchReader(settings) as reader:
+            answer = reader.wait_for_release(
+                release_id, request_id=request_id, timeout=settings.release_wait_seconds
+            )
+    except (ClickstreamError, ValueError, TimeoutError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(answer.public(), indent=2))
+    if not answer.released:
+        raise typer.Exit(1)
+
+
 @app.command()
 def release(
     release_id: Annotated[str, typer.Argument(help="The idempotency key of the release")],
@@ -110,25 +129,6 @@ def release(
         timeout=get_settings().release_wait_seconds + 30,
     )
     _show(response)
-
-
-def _release_via_kafka(release_id: str, min_idle_seconds: int) -> None:
-    from consumers.batch_reader import BatchReader  # noqa: PLC0415 - keeps other commands light
-    from producers.library import ClickstreamProducer  # noqa: PLC0415
-
-    settings = get_settings()
-    try:
-        with ClickstreamProducer(settings) as producer:
-            request_id = producer.request_release(release_id, min_idle_seconds)
-        with BatchReader(settings) as reader:
-            answer = reader.wait_for_release(
-                release_id, request_id=request_id, timeout=settings.release_wait_seconds
-            )
-    except (ClickstreamError, ValueError, TimeoutError) as exc:
-        _fail(exc)
-    typer.echo(json.dumps(answer.public(), indent=2))
-    if not answer.released:
-        raise typer.Exit(1)
 
 
 @app.command()
