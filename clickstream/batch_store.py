@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, ReturnDocument
 from pymongo.errors import DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
 
 from schemas import from_json_text
 
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from pymongo.collection import Collection
+
+    from clickstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ class Batch:
     min_idle_seconds: int
     partition_count: int
     partitions: dict[str, dict[str, int]]
+    request_ids: tuple[str, ...] = ()
+    markers_sent_at_ms: int = 0
+    heal_count: int = 0
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Batch:
@@ -66,6 +73,9 @@ class Batch:
             min_idle_seconds=doc.get("min_idle_seconds", 0),
             partition_count=doc["partition_count"],
             partitions=doc.get("partitions", {}),
+            request_ids=tuple(doc.get("request_ids", ())),
+            markers_sent_at_ms=doc.get("markers_sent_at_ms", doc["requested_at_ms"]),
+            heal_count=doc.get("heal_count", 0),
         )
 
     def total(self, name: str) -> int:
@@ -74,6 +84,17 @@ class Batch:
     @property
     def complete(self) -> bool:
         return len(self.partitions) == self.partition_count
+
+    @property
+    def done_partitions(self) -> list[int]:
+        """The partitions that have written their part and reported it."""
+        return sorted(int(p) for p in self.partitions)
+
+    @property
+    def waiting_partitions(self) -> list[int]:
+        """The partitions the batch still waits for."""
+        done = set(self.done_partitions)
+        return [p for p in range(self.partition_count) if p not in done]
 
     def public(self) -> dict[str, Any]:
         """The answer of the release and batch endpoints."""
@@ -89,6 +110,9 @@ class Batch:
             "repeat_session_count": self.total("repeat_session_count") if released else None,
             "partitions_done": len(self.partitions),
             "partition_count": self.partition_count,
+            "done_partitions": self.done_partitions,
+            "waiting_partitions": self.waiting_partitions,
+            "heal_count": self.heal_count,
         }
 
 
@@ -149,13 +173,40 @@ class BatchStore:
 
     def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
         self.client = client
-        db = client[database]
+        # What a batch says was written stays written through a primary's failover, and
+        # reads never show what a failover could roll back.
+        db = client.get_database(
+            database,
+            write_concern=WriteConcern(w="majority", j=True),
+            read_concern=ReadConcern("majority"),
+        )
         self.batches: Collection[dict[str, Any]] = db["batches"]
         self.sessions: Collection[dict[str, Any]] = db["batch_sessions"]
 
     @classmethod
-    def connect(cls, uri: str, database: str) -> BatchStore:
-        return cls(MongoClient(uri, tz_aware=True), database)
+    @classmethod
+    def connect(
+        cls, uri: str, database: str, *, server_selection_timeout_seconds: float = 10.0
+    ) -> BatchStore:
+        """A store on its own client. An operation fails once no usable server was found
+        within the timeout."""
+        client: MongoClient[dict[str, Any]] = MongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=int(server_selection_timeout_seconds * 1000),
+        )
+        return cls(client, database)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatchStore:
+        """The store ``CLICKSTREAM_MONGODB_*`` name; ValueError when no MongoDB is set."""
+        if not settings.mongodb_url:
+            raise ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI")
+        return cls.connect(
+            settings.mongodb_url,
+            settings.mongodb_database,
+            server_selection_timeout_seconds=settings.mongodb_server_selection_timeout_seconds,
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -167,6 +218,7 @@ class BatchStore:
             partialFilterExpression={"release_id": {"$type": "string"}},
         )
         self.batches.create_index("request_ids")
+        self.batches.create_index("status")
         self.batches.create_index("emptied_at", expireAfterSeconds=EMPTY_RELEASE_TTL_SECONDS)
         self.sessions.create_index(
             [("batch_id", ASCENDING), ("session_number", ASCENDING)], unique=True
@@ -207,6 +259,8 @@ class BatchStore:
             "partition_count": partition_count,
             "partitions": {},
             "request_ids": [request_id],
+            "markers_sent_at_ms": now_ms(),
+            "heal_count": 0,
         }
         try:
             self.batches.insert_one(doc)
@@ -254,6 +308,30 @@ class BatchStore:
                 },
                 "$unset": {"release_id": ""},
             },
+        )
+
+    def stalled_releases(self, sent_before_ms: int) -> list[Batch]:
+        """Batches still releasing whose markers were last sent before ``sent_before_ms``."""
+        cursor = self.batches.find(
+            {
+                "status": RELEASING,
+                "$or": [
+                    {"markers_sent_at_ms": {"$lt": sent_before_ms}},
+                    # documents of an earlier version: their markers went with the request
+                    {
+                        "markers_sent_at_ms": {"$exists": False},
+                        "requested_at_ms": {"$lt": sent_before_ms},
+                    },
+                ],
+            }
+        )
+        return [Batch.from_document(doc) for doc in cursor]
+
+    def mark_markers_sent(self, batch_id: ObjectId, sent_at_ms: int) -> None:
+        """Record that the batch's markers were sent again (to heal it)."""
+        self.batches.update_one(
+            {"_id": batch_id, "status": RELEASING},
+            {"$set": {"markers_sent_at_ms": sent_at_ms}, "$inc": {"heal_count": 1}},
         )
 
     # -- partition owners ---------------------------------------------------------------

@@ -84,6 +84,25 @@ def _show(response: httpx.Response) -> None:
         raise typer.Exit(1)
 
 
+def _release_via_kafka(release_id: str, min_idle_seconds: int) -> None:
+    from consumers.batch_reader import BatchReader  # noqa: PLC0415 - keeps other commands light
+    from producers.library import ClickstreamProducer  # noqa: PLC0415
+
+    settings = get_settings()
+    try:
+        with ClickstreamProducer(settings) as producer:
+            request_id = producer.request_release(release_id, min_idle_seconds)
+        with BatchReader(settings) as reader:
+            answer = reader.wait_for_release(
+                release_id, request_id=request_id, timeout=settings.release_wait_seconds
+            )
+    except (ClickstreamError, ValueError, TimeoutError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(answer.public(), indent=2))
+    if not answer.released:
+        raise typer.Exit(1)
+
+
 @app.command()
 def release(
     release_id: Annotated[str, typer.Argument(help="The idempotency key of the release")],
@@ -91,8 +110,21 @@ def release(
         int, typer.Option(help="Leave sessions active this recently for the next release")
     ] = 0,
     url: GatewayUrl = None,
+    via: Annotated[
+        str,
+        typer.Option(
+            help="http: ask the gateway. kafka: produce a ReleaseRequested to the releases "
+            "topic and wait for its answer on the batch topic (CLICKSTREAM_KAFKA_BOOTSTRAP)"
+        ),
+    ] = "http",
 ) -> None:
-    """Release everything gathered so far as a batch, and print it."""
+    """Release everything gathered so far as a batch, and print it (exit 1 when there was
+    nothing to release)."""
+    if via == "kafka":
+        _release_via_kafka(release_id, min_idle_seconds)
+        return
+    if via != "http":
+        _fail(ValueError(f"--via is http or kafka, not {via!r}"))
     response = httpx.post(
         f"{_gateway_url(url)}/api/v1/clickstream/internal/batch/release",
         json={"release_id": release_id, "min_idle_seconds": min_idle_seconds},
@@ -150,9 +182,10 @@ def export(
 
     configure_logging()
     settings = get_settings()
-    if not settings.mongodb_url:
-        _fail(ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI"))
-    store = BatchStore.connect(str(settings.mongodb_url), settings.mongodb_database)
+    try:
+        store = BatchStore.from_settings(settings)
+    except ValueError as exc:
+        _fail(exc)
     try:
         summary = export_batch(store, batch_id, output, export_format.value)
     except ClickstreamError as exc:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     kafka_port: int | None = Field(default=None, ge=1, le=65535)
     mongodb_port: int | None = Field(default=None, ge=1, le=65535)
     mongodb_database: str = "clickstream"
+    # How long a MongoDB operation waits for a usable server before it fails.
+    mongodb_server_selection_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Topics
     topic_prefix: str = "clickstream."
@@ -93,6 +95,9 @@ class Settings(BaseSettings):
 
     # Releases
     release_wait_seconds: float = Field(default=30.0, gt=0)
+    # A batch still releasing this long after its markers were sent gets them again, on
+    # the partitions that have not reported their part.
+    release_heal_seconds: float = Field(default=60.0, gt=0)
     max_session_snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
     @field_validator("worker_urls", mode="before")

@@ -1,14 +1,16 @@
 """For fine-tuning jobs: learn of each released batch from the batch topic, then read its
-sessions with their events from MongoDB, in order, in bounded memory."""
+sessions with their events from MongoDB, in order, in bounded memory. For operators that
+release by message: wait for the answer to a release on the batch topic."""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from clickstream.batch_store import Batch, BatchStore, parse_batch_id
 from clickstream.settings import Settings, get_settings
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 logger = logging.getLogger(__name__)
+
+BATCH_RELEASED = "clickstream.BatchReleased"
+RELEASE_OUTCOME = "clickstream.ReleaseOutcome"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,40 @@ class ReleasedBatch:
     released_at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseAnswer:
+    """What became of a release: a batch (``released``) or nothing to release."""
+
+    released: bool
+    batch_id: str | None
+    """The batch; None when there was nothing to release."""
+    release_id: str
+    request_ids: tuple[str, ...]
+    """The requests it answers (empty for a batch announced before ReleaseOutcome existed)."""
+    session_count: int
+    event_count: int
+    repeat_session_count: int
+    requested_at_ms: int
+    answered_at_ms: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "status": "released" if self.released else "empty",
+            "batch_id": self.batch_id,
+            "release_id": self.release_id,
+            "request_ids": list(self.request_ids),
+            "session_count": self.session_count,
+            "event_count": self.event_count,
+            "repeat_session_count": self.repeat_session_count,
+            "requested_at": self.requested_at_ms // 1000,
+            "answered_at": self.answered_at_ms // 1000,
+        }
+
+
+class ReleaseWaitTimeoutError(TimeoutError):
+    """No answer to the release on the batch topic in time; the release goes on."""
+
+
 class BatchReader:
     """Follows the batch topic and reads batches.
 
@@ -45,11 +84,7 @@ class BatchReader:
 
     def __init__(self, settings: Settings | None = None, *, group_id: str = "fine-tuning") -> None:
         self._settings = settings or get_settings()
-        if not self._settings.mongodb_url:
-            raise ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI")
-        self._store = BatchStore.connect(
-            self._settings.mongodb_url, self._settings.mongodb_database
-        )
+        self._store_: BatchStore | None = None
         self._topics = Topics(self._settings.topic_prefix)
         self._group_id = group_id
         self._avro = AvroCodec()
@@ -85,16 +120,86 @@ class BatchReader:
                     continue
                 last_message_at = time.monotonic()
                 try:
-                    record = self._avro.decode(message.value() or b"").record
+                    decoded = self._avro.decode(message.value() or b"")
                 except MalformedMessageError as exc:
                     logger.warning("undecodable message on the batch topic skipped error=%s", exc)
-                else:
+                    continue
+                if (
+                    decoded.name == BATCH_RELEASED
+                ):  # one per batch; ReleaseOutcome is for requesters
+                    record = decoded.record
                     yield ReleasedBatch(
                         **{name: record[name] for name in ReleasedBatch.__dataclass_fields__}
                     )
-                consumer.commit(message=message, asynchronous=False)
+                    consumer.commit(message=message, asynchronous=False)
         finally:
             consumer.close()
+
+    def wait_for_release(
+        self, release_id: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> ReleaseAnswer:
+        """The answer to a release, read on the batch topic from its beginning: the batch of
+        ``release_id`` once it is complete, or "nothing to release".
+
+        A release_id that found nothing to release stays free, so an empty answer counts
+        only if it answers ``request_id`` (from ``ClickstreamProducer.request_release``)
+        or, without one, if it was written after this call began. Raises
+        :class:`ReleaseWaitTimeoutError` after ``timeout`` seconds without an answer.
+        """
+        topic = TopicPartition(self._topics.batches, 0)
+        consumer = Consumer(
+            {
+                **self._settings.kafka_common_config(),
+                "group.id": f"release-waiter-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            _, end_at_start = consumer.get_watermark_offsets(topic, timeout=30)
+            consumer.assign([TopicPartition(topic.topic, 0, OFFSET_BEGINNING)])
+            while deadline is None or time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    continue
+                try:
+                    decoded = self._avro.decode(message.value() or b"")
+                except MalformedMessageError:
+                    continue
+                record = decoded.record
+                if record.get("release_id") != release_id:
+                    continue
+                if decoded.name == RELEASE_OUTCOME:
+                    released = record["status"] == "RELEASED"
+                    answers_request = (
+                        request_id in record["request_ids"]
+                        if request_id is not None
+                        else (message.offset() or 0) >= end_at_start
+                    )
+                    if released or answers_request:
+                        return _answer(record, released=released)
+                elif decoded.name == BATCH_RELEASED:  # announced before ReleaseOutcome existed
+                    return _answer(
+                        {
+                            **record,
+                            "request_ids": [],
+                            "answered_at_ms": record["released_at_ms"],
+                        },
+                        released=True,
+                    )
+        finally:
+            consumer.close()
+        raise ReleaseWaitTimeoutError(
+            f"no answer to release {release_id} within {timeout} s; it goes on: wait again"
+        )
+
+    @property
+    def _store(self) -> BatchStore:
+        """MongoDB, connected on first use: waiting for a release needs only Kafka."""
+        if self._store_ is None:
+            self._store_ = BatchStore.from_settings(self._settings)
+        return self._store_
 
     def batch(self, batch_id: str) -> Batch | None:
         """The batch's status and counts; None if there is no such batch."""
@@ -110,7 +215,8 @@ class BatchReader:
         return self._store.iter_sessions(object_id, page_size)
 
     def close(self) -> None:
-        self._store.close()
+        if self._store_ is not None:
+            self._store_.close()
 
     def __enter__(self) -> Self:
         return self
@@ -122,3 +228,17 @@ class BatchReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _answer(record: dict[str, Any], *, released: bool) -> ReleaseAnswer:
+    return ReleaseAnswer(
+        released=released,
+        batch_id=record["batch_id"] if released else None,
+        release_id=record["release_id"],
+        request_ids=tuple(record["request_ids"]),
+        session_count=record["session_count"],
+        event_count=record["event_count"],
+        repeat_session_count=record["repeat_session_count"],
+        requested_at_ms=record["requested_at_ms"],
+        answered_at_ms=record["answered_at_ms"],
+    )

@@ -25,9 +25,17 @@ class TopicSetupError(ClickstreamError, ValueError):
     """A topic exists with another layout than the settings ask for."""
 
 
+def min_insync_replicas(replication_factor: int) -> int:
+    """Replicas that must have a message before an acks=all producer hears it was written:
+    all but one, so a message acknowledged survives losing any one broker, and writes go
+    on while one broker is down. With one replica (the local broker), that one."""
+    return max(1, replication_factor - 1)
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create every topic of the deployment that is missing; return the names created.
 
+    Topics are created with ``min.insync.replicas`` set by :func:`min_insync_replicas`.
     Existing topics are checked: a partition count other than ``topic_partitions`` is an
     error, since a session's messages would no longer share a partition number.
     """
@@ -35,8 +43,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     wanted = Topics(settings.topic_prefix).layout(settings.topic_partitions)
     existing = admin.list_topics(timeout=timeout).topics
     created = []
+    replication = settings.topic_replication_factor
+    config = {"min.insync.replicas": str(min_insync_replicas(replication))}
     new_topics = [
-        NewTopic(name, partitions, settings.topic_replication_factor)
+        NewTopic(name, partitions, replication, config=config)
         for name, partitions in wanted.items()
         if name not in existing
     ]

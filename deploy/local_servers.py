@@ -104,6 +104,8 @@ class LocalServer(ABC):
     name: str
     port_setting: str
     stop_timeout = 30.0
+    # Whether a server still running stop_timeout after SIGTERM gets SIGKILL.
+    kill_after_stop_timeout = True
 
     def __init__(
         self,
@@ -219,13 +221,24 @@ class LocalServer(ABC):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
-        while is_running(pid) and time.monotonic() < deadline:
+        while is_running(pid):
             if self._process is not None and self._process.pid == pid:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._process.wait(timeout=0.1)
                     break
             else:
                 time.sleep(0.1)
+            if time.monotonic() >= deadline:
+                if self.kill_after_stop_timeout:
+                    break
+                logger.warning(
+                    "server still stopping after SIGTERM, waiting (never SIGKILLed: it would "
+                    "lose acknowledged data) server=%s pid=%s waited_s=%s",
+                    self.name,
+                    pid,
+                    self.stop_timeout,
+                )
+                deadline = time.monotonic() + self.stop_timeout
         if is_running(pid) and (self._process is None or self._process.poll() is None):
             logger.warning("server did not stop, killing server=%s pid=%s", self.name, pid)
             with contextlib.suppress(ProcessLookupError):
@@ -279,6 +292,10 @@ class LocalKafka(LocalServer):
 
     name = "kafka"
     port_setting = "CLICKSTREAM_KAFKA_PORT"
+    # It keeps acknowledged messages in memory until its next snapshot, and writes one on
+    # SIGTERM: a SIGKILL would lose them all, so it is only ever stopped by SIGTERM.
+    stop_timeout = 60.0
+    kill_after_stop_timeout = False
 
     def binary(self) -> Path:
         try:

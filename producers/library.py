@@ -7,6 +7,7 @@ Avro messages through the same code, so the stream cannot tell the two apart.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from pydantic import ValidationError
@@ -14,7 +15,14 @@ from pydantic import ValidationError
 from clickstream.settings import Settings, get_settings
 from producers.exceptions import InvalidInputError
 from producers.ingest import IngestMessages
-from producers.models import EventIn, EventsAccepted, EventsIn, SessionAccepted, SessionIn
+from producers.models import (
+    EventIn,
+    EventsAccepted,
+    EventsIn,
+    ReleaseIn,
+    SessionAccepted,
+    SessionIn,
+)
 from producers.publisher import KafkaPublisher, OutgoingMessage
 from schemas import AvroCodec, Topics
 
@@ -24,7 +32,7 @@ if TYPE_CHECKING:
 
 
 class ClickstreamProducer:
-    """Registers sessions and adds events, straight to Kafka.
+    """Registers sessions, adds events and requests releases, straight to Kafka.
 
     Every method returns once Kafka acknowledged all its messages (acks=all), and raises
     :class:`~producers.exceptions.PublishUnavailableError` when it did not in time:
@@ -94,6 +102,37 @@ class ClickstreamProducer:
         await self._publisher.publish(messages)
         return EventsAccepted(session_id=batch.session_id, accepted=len(batch.events))
 
+    def _prepare_release(
+        self, release_id: str, min_idle_seconds: int
+    ) -> tuple[str, OutgoingMessage]:
+        valid = _validate(
+            ReleaseIn, {"release_id": release_id, "min_idle_seconds": min_idle_seconds}
+        )
+        request_id = uuid.uuid4().hex
+        message = self._messages.release_request(
+            valid.release_id, valid.min_idle_seconds, request_id, time.time()
+        )
+        return request_id, message
+
+    def request_release(self, release_id: str, min_idle_seconds: int = 0) -> str:
+        """Ask for a release by message on the releases topic, as an operator; return the
+        request's id once Kafka acknowledged it.
+
+        The same ``release_id`` always gives the same batch, whether asked by message, by
+        HTTP or both. The answer comes on the batch topic, a ``ReleaseOutcome`` carrying
+        this request id: wait for it with
+        :meth:`consumers.batch_reader.BatchReader.wait_for_release`.
+        """
+        request_id, message = self._prepare_release(release_id, min_idle_seconds)
+        self._publisher.publish_sync([message])
+        return request_id
+
+    async def request_release_async(self, release_id: str, min_idle_seconds: int = 0) -> str:
+        """:meth:`request_release` for asyncio code: waits without blocking the loop."""
+        request_id, message = self._prepare_release(release_id, min_idle_seconds)
+        await self._publisher.publish([message])
+        return request_id
+
     def close(self) -> None:
         """Deliver anything still queued and release the connection."""
         self._publisher.close()
@@ -110,7 +149,7 @@ class ClickstreamProducer:
         self.close()
 
 
-_M = TypeVar("_M", SessionIn, EventsIn)
+_M = TypeVar("_M", SessionIn, EventsIn, ReleaseIn)
 
 
 def _validate(model: type[_M], value: _M | Mapping[str, Any]) -> _M:

@@ -224,6 +224,14 @@ class BatchOut(BaseModel):
     )
     partitions_done: int
     partition_count: int
+    done_partitions: list[int] = Field(
+        description="The partitions that wrote and reported their part of the batch"
+    )
+    waiting_partitions: list[int] = Field(
+        description="The partitions the batch still waits for: a release still waiting "
+        "after CLICKSTREAM_RELEASE_HEAL_SECONDS has its markers sent to them again"
+    )
+    heal_count: int = Field(description="How many times the markers were sent again")
 
 
 class EventOut(BaseModel):

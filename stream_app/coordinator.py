@@ -9,6 +9,12 @@ the consumed offsets: a batch announcement is committed together with the offset
 report that completed the batch, and a crash replays the poll with the announcement
 aborted. The report that completes a batch is found from MongoDB alone (the first report
 of each partition wins and keeps its offset), so a replay finds the same one.
+
+Every marker's delivery is checked: a marker that fails to send aborts the poll's
+transaction, which is then replayed (markers again included). A batch still releasing
+``CLICKSTREAM_RELEASE_HEAL_SECONDS`` after its markers were sent gets them again on the
+partitions that have not reported (their owners treat a repeated marker idempotently),
+until it completes.
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from pymongo.errors import PyMongoError
 
-from clickstream.batch_store import RELEASED, RELEASING, now_ms
+from clickstream.batch_store import EMPTY, RELEASED, RELEASING, now_ms
 from schemas import MalformedMessageError, Topics
 from stream_app import metrics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
-    from confluent_kafka import Message
+    from confluent_kafka import KafkaError, Message
 
-    from clickstream.batch_store import BatchStore
+    from clickstream.batch_store import Batch, BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec
 
@@ -41,7 +48,14 @@ logger = logging.getLogger(__name__)
 RELEASE_MARKER = "clickstream.ReleaseMarker"
 PARTITION_TICK = "clickstream.PartitionTick"
 BATCH_RELEASED = "clickstream.BatchReleased"
+RELEASE_OUTCOME = "clickstream.ReleaseOutcome"
 _KAFKA_TIMEOUT = 30.0
+# How often, at most, stalled releases are looked for.
+_HEAL_CHECK_SECONDS = 5.0
+
+
+class MarkerDeliveryError(KafkaException):
+    """Release markers were not all acknowledged: the poll is replayed, markers included."""
 
 
 def batch_id_for(message: Message) -> ObjectId:
@@ -80,6 +94,8 @@ class ReleaseCoordinator:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="release-coordinator", daemon=True)
         self._last_tick = 0.0
+        self._last_heal_check = 0.0
+        self._marker_errors: list[str] = []
 
     def start(self) -> None:
         self._thread.start()
@@ -125,6 +141,7 @@ class ReleaseCoordinator:
             logger.info("release coordinator active")
             while not self._stopping.is_set() and self._is_leader():
                 self._maybe_tick(plain)
+                self._maybe_heal(plain)
                 # poll returns as soon as a message is there; then take what else is.
                 first = consumer.poll(0.2)
                 messages = [first, *consumer.consume(99, timeout=0)] if first else []
@@ -142,11 +159,11 @@ class ReleaseCoordinator:
     ) -> None:
         producer.begin_transaction()
         metrics.RELEASES.begin()
+        self._marker_errors.clear()
         try:
             for message in messages:
                 self._handle(message, plain, producer)
-            if plain.flush(_KAFKA_TIMEOUT):
-                raise KafkaException("release markers were not acknowledged in time")
+            self._check_markers_delivered(plain)
             producer.send_offsets_to_transaction(
                 consumer.position(consumer.assignment()),
                 consumer.consumer_group_metadata(),
@@ -154,10 +171,12 @@ class ReleaseCoordinator:
             )
             producer.commit_transaction(_KAFKA_TIMEOUT)
             metrics.RELEASES.committed()
-        except Exception:
+        except Exception as exc:
             logger.exception("release coordinator poll failed; it will be replayed")
             producer.abort_transaction(_KAFKA_TIMEOUT)  # raises if fenced: start again
             self._rewind(consumer, consumer.assignment())
+            if isinstance(exc, MarkerDeliveryError):
+                raise  # the replay starts with new producers: the old one may be unusable
             self._stopping.wait(1.0)
 
     @staticmethod
@@ -197,6 +216,12 @@ class ReleaseCoordinator:
         )
         if not created or batch.status != RELEASING:
             return
+        self._send_markers(plain, batch, range(self._settings.topic_partitions))
+        logger.info("release opened batch=%s release=%s", batch.batch_id, batch.release_id)
+
+    def _send_markers(self, plain: Producer, batch: Batch, partitions: Iterable[int]) -> None:
+        """Queue the batch's marker for ``partitions`` of both ingest topics; each delivery
+        is checked by :meth:`_check_markers_delivered`."""
         marker = self._avro.encode(
             RELEASE_MARKER,
             {
@@ -207,9 +232,22 @@ class ReleaseCoordinator:
             },
         )
         for topic in self._names.ingest():
-            for partition in range(self._settings.topic_partitions):
-                plain.produce(topic, marker, partition=partition)
-        logger.info("release opened batch=%s release=%s", batch.batch_id, batch.release_id)
+            for partition in partitions:
+                plain.produce(topic, marker, partition=partition, on_delivery=self._on_marker)
+
+    def _on_marker(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._marker_errors.append(f"{message.topic()}[{message.partition()}]: {error}")
+
+    def _check_markers_delivered(self, plain: Producer) -> None:
+        """Raise unless every marker queued since the last check was acknowledged."""
+        remaining = plain.flush(_KAFKA_TIMEOUT)
+        errors, self._marker_errors = self._marker_errors, []
+        if remaining or errors:
+            raise MarkerDeliveryError(
+                f"release markers not delivered: {remaining} unacknowledged, "
+                f"{len(errors)} failed ({'; '.join(errors[:3])})"
+            )
 
     def _record_part(self, report: dict[str, Any], message: Message, producer: Producer) -> None:
         batch_id = ObjectId(report["batch_id"])
@@ -232,11 +270,14 @@ class ReleaseCoordinator:
         if batch.total("session_count") == 0:
             self._store.mark_empty(batch_id)
             metrics.RELEASES.empty()
+            # Said on the batch topic too: a requester that only speaks Kafka is answered.
+            self._announce_outcome(producer, batch, EMPTY, now_ms())
             logger.info("release empty batch=%s release=%s", batch.batch_id, batch.release_id)
             return
         batch = self._store.mark_released(batch_id, now_ms())
-        if batch is None or batch.status != RELEASED:
+        if batch is None or batch.status != RELEASED or batch.released_at_ms is None:
             return
+        self._announce_outcome(producer, batch, RELEASED, batch.released_at_ms)
         announcement = {
             "batch_id": batch.batch_id,
             "release_id": batch.release_id,
@@ -259,6 +300,65 @@ class ReleaseCoordinator:
             announcement["session_count"],
             announcement["event_count"],
         )
+
+    def _announce_outcome(
+        self, producer: Producer, batch: Batch, status: str, answered_at_ms: int
+    ) -> None:
+        """The ReleaseOutcome of a batch, in the poll's transaction (before its
+        BatchReleased, which readers of the older contract use)."""
+        released = status == RELEASED
+        outcome = {
+            "status": status.upper(),
+            "batch_id": batch.batch_id,
+            "release_id": batch.release_id,
+            "request_ids": list(batch.request_ids),
+            "requested_at_ms": batch.requested_at_ms,
+            "answered_at_ms": answered_at_ms,
+            **{
+                name: batch.total(name) if released else 0
+                for name in ("session_count", "event_count", "repeat_session_count")
+            },
+        }
+        producer.produce(
+            self._names.batches,
+            self._avro.encode(RELEASE_OUTCOME, outcome),
+            batch.batch_id.encode(),
+        )
+
+    def _maybe_heal(self, plain: Producer) -> None:
+        """Send the markers of every stalled release again, to the partitions that have not
+        reported their part."""
+        bound = self._settings.release_heal_seconds
+        now = time.monotonic()
+        if now - self._last_heal_check < min(_HEAL_CHECK_SECONDS, bound / 2):
+            return
+        self._last_heal_check = now
+        try:
+            stalled = self._store.stalled_releases(now_ms() - int(bound * 1000))
+        except PyMongoError as exc:
+            logger.warning("stalled releases not looked for error=%s", exc)
+            return
+        for batch in stalled:
+            waiting = batch.waiting_partitions
+            if not waiting:  # every part reported: completed by the replay of the last report
+                continue
+            self._marker_errors.clear()
+            self._send_markers(plain, batch, waiting)
+            # Not delivered: raises, and coordination starts again with new producers.
+            self._check_markers_delivered(plain)
+            try:
+                self._store.mark_markers_sent(ObjectId(batch.batch_id), now_ms())
+            except PyMongoError as exc:  # sent again at the next check: harmless
+                logger.warning("release heal not recorded batch=%s error=%s", batch.batch_id, exc)
+            logger.warning(
+                "release healed: markers sent again batch=%s release=%s partitions=%s "
+                "attempt=%s waited_s=%s",
+                batch.batch_id,
+                batch.release_id,
+                ",".join(map(str, waiting)),
+                batch.heal_count + 1,
+                round((now_ms() - batch.markers_sent_at_ms) / 1000),
+            )
 
     def _maybe_tick(self, plain: Producer) -> None:
         now = time.monotonic()

@@ -21,9 +21,7 @@ logger = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run until SIGINT or SIGTERM. Kafka and MongoDB come from the settings."""
-    if not settings.mongodb_url:
-        raise ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI")
-    store = BatchStore.connect(settings.mongodb_url, settings.mongodb_database)
+    store = BatchStore.from_settings(settings)
     store.ensure_indexes()
     avro = AvroCodec()
     failures = FailurePolicy(settings.worker_retry_seconds)

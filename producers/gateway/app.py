@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         workers = WorkerClient(settings.worker_urls, settings.worker_request_timeout_seconds)
         mongodb_url = settings.mongodb_url
-        store = BatchStore.connect(mongodb_url, settings.mongodb_database) if mongodb_url else None
+        store = BatchStore.from_settings(settings) if mongodb_url else None
         app.state.gateway = Gateway(
             settings=settings,
             topics=topics,

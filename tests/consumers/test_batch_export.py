@@ -109,9 +109,7 @@ def test_a_released_batch_exports_as_jsonl_and_parquet(pipeline: Pipeline, tmp_p
         assert parquet_rows(parquet) == without_nulls(expected)
 
     # Written page by page: a row group per page of sessions.
-    store = BatchStore.connect(
-        str(pipeline.settings.mongodb_url), pipeline.settings.mongodb_database
-    )
+    store = BatchStore.from_settings(pipeline.settings)
     try:
         summary = export_batch(store, batch_ids[0], tmp_path / "paged.parquet", "parquet", 2)
     finally:

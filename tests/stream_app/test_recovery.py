@@ -64,7 +64,10 @@ def test_a_worker_killed_during_a_release_leaves_a_complete_batch_once_restarted
     announced = TopicReader(stream_settings.kafka_common_config(), codec).read(
         Topics(stream_settings.topic_prefix).batches
     )
-    assert [m.record["batch_id"] for m in announced] == [batch_id], "announced once"
+    assert [(m.name, m.record["batch_id"]) for m in announced] == [
+        ("clickstream.ReleaseOutcome", batch_id),
+        ("clickstream.BatchReleased", batch_id),
+    ], "announced once"
 
 
 def test_tables_recover_after_a_restart_and_a_crash(

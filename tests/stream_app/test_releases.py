@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from schemas import AvroCodec
     from tests.utils.pipeline import Pipeline
 
+BATCH_RELEASED = "clickstream.BatchReleased"
+
 
 def _announced(pipeline: Pipeline, codec: AvroCodec, count: int) -> list[str]:
     """The batch ids on the batch topic once at least ``count`` are there: a batch is
@@ -26,7 +28,7 @@ def _announced(pipeline: Pipeline, codec: AvroCodec, count: int) -> list[str]:
     topic = Topics(pipeline.settings.topic_prefix).batches
 
     def read() -> list[str] | None:
-        ids = [m.record["batch_id"] for m in reader.read(topic)]
+        ids = [m.record["batch_id"] for m in reader.read(topic) if m.name == BATCH_RELEASED]
         return ids if len(ids) >= count else None
 
     return eventually(read, timeout=10)  # type: ignore[no-any-return]

@@ -61,9 +61,12 @@ def test_seed_flow_from_registration_to_a_fine_tuning_job(
     # Announced in the coordinator's transaction right after the batch is marked released.
     announcements = eventually(lambda: topic_reader.read(batches_topic), timeout=10)
     assert [(m.name, m.key, m.record["batch_id"]) for m in announcements] == [
-        ("clickstream.BatchReleased", batch_id.encode(), batch_id)
+        ("clickstream.ReleaseOutcome", batch_id.encode(), batch_id),
+        ("clickstream.BatchReleased", batch_id.encode(), batch_id),
     ]
-    assert announcements[0].record["session_count"] == 1
+    assert announcements[0].record["status"] == "RELEASED"
+    assert announcements[0].record["release_id"] == answer["release_id"]
+    assert announcements[1].record["session_count"] == 1
 
     with BatchReader(pipeline.settings, group_id=new_id()) as reader:
         [batch] = list(reader.follow(idle_timeout=3))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from pymongo import MongoClient
 
 from clickstream.batch_store import BatchStore
 from tests.utils.payloads import event_body, session_body
@@ -198,7 +197,7 @@ def assert_exactly_once(
 
 def released_batches(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     """Every released batch in MongoDB, batch id -> its sessions with their events."""
-    store = BatchStore(MongoClient(settings.mongodb_url), settings.mongodb_database)
+    store = BatchStore.from_settings(settings)
     try:
         ids = [doc["_id"] for doc in store.batches.find({"status": "released"}, {"_id": 1})]
         return {str(batch_id): list(store.iter_sessions(batch_id)) for batch_id in ids}
