@@ -20,6 +20,7 @@ from bson import ObjectId
 
 from schemas import MalformedMessageError
 from stream_app import dead_letters, join, releases
+from stream_app.control_auth import ControlAuth
 from stream_app.tables import partition_key
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class JoinAgent:
         self._partitions = tables.partitions
         self._store = store
         self._orphan_wait_ms = int(settings.orphan_event_wait_seconds * 1000)
+        self._control = ControlAuth.from_settings(settings)
         self._handlers: dict[tuple[str, str], Handler] = {
             (names.sessions, "clickstream.SessionRegistered"): self._on_registered,
             (names.sessions, "clickstream.SessionMarkedIrrelevant"): self._on_irrelevant,
@@ -101,6 +103,12 @@ class JoinAgent:
                     f"{decoded.name} does not belong on {message.topic}",
                     session_id=decoded.record.get("session_id"),
                 )
+                continue
+            refusal = self._control.refusal(
+                decoded.name, decoded.record, message.topic, event.value, event.headers
+            )
+            if refusal is not None:  # a forged control message changes nothing
+                await self._dead_letter(event, refusal.reason, refusal.detail, session_id=None)
                 continue
             await handle(decoded.record, event)
 
@@ -255,8 +263,11 @@ class JoinAgent:
             "partition": partition,
             **counts,
         }
+        value = self._avro.encode(PARTITION_RELEASED, report)
         delivered = await self._topics.releases.send(
-            key=cut["batch_id"].encode(), value=self._avro.encode(PARTITION_RELEASED, report)
+            key=cut["batch_id"].encode(),
+            value=value,
+            headers=self._control.headers(self._names.releases, value),
         )
         # Acknowledged before the marker is: the coordinator never waits for a lost report.
         await delivered
