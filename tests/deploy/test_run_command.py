@@ -33,13 +33,16 @@ CLI = Path(sys.executable).parent / "clickstream"
 class Run:
     """One `clickstream run` process with its own data dir and port."""
 
-    def __init__(self, data_dir: Path, port: int, worker_port: int) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, worker_port: int, extra_env: dict[str, str] | None = None
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
         env |= {
             "CLICKSTREAM_DATA_DIR": str(data_dir),
             "CLICKSTREAM_HTTP_PORT": str(port),
             # beside a `make run`, whose worker has the default port
             "CLICKSTREAM_WORKER_WEB_PORT": str(worker_port),
+            **(extra_env or {}),
         }
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{port}"
