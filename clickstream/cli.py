@@ -11,6 +11,7 @@ import httpx
 import typer
 from typer.core import TyperGroup
 
+from clickstream.credentials import internal_auth_headers
 from clickstream.exceptions import ClickstreamError
 from clickstream.log import configure_logging
 from clickstream.settings import get_settings
@@ -128,6 +129,7 @@ def release(
     response = httpx.post(
         f"{_gateway_url(url)}/api/v1/clickstream/internal/batch/release",
         json={"release_id": release_id, "min_idle_seconds": min_idle_seconds},
+        headers=internal_auth_headers(get_settings()),
         timeout=get_settings().release_wait_seconds + 30,
     )
     _show(response)
@@ -157,6 +159,7 @@ def batch(
     response = httpx.get(
         f"{_gateway_url(url)}/api/v1/clickstream/internal/batch",
         params={"batch_id": batch_id},
+        headers=internal_auth_headers(get_settings()),
         timeout=30,
     )
     _show(response)

@@ -55,11 +55,15 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=2, ge=1)
     kafka_linger_ms: float = Field(default=1.0, ge=0)
     # Extra librdkafka settings for production (security, tuning), as a JSON object.
-    kafka_extra_config: dict[str, str] = Field(default_factory=dict)
+    # Values are secret: they hold SASL passwords and key passwords.
+    kafka_extra_config: dict[str, SecretStr] = Field(default_factory=dict)
 
     # Stream worker
     worker_store: Literal["memory", "rocksdb"] = "memory"
+    # Loopback by default: only the gateway needs the worker's web server.
     worker_web_host: str = "127.0.0.1"
+    # Faust's /router/ page (which worker owns which partition), for tests and debugging.
+    worker_web_router: bool = False
     worker_web_port: int = Field(default=6066, ge=1, le=65535)
     # The worker's static identity in its consumer groups: a worker restarted with the
     # same id takes its partitions back at once. Unique per running worker; default
@@ -93,6 +97,19 @@ class Settings(BaseSettings):
     # before it stops, unacknowledged, to handle it again after a restart.
     worker_retry_seconds: float = Field(default=120.0, gt=0)
 
+    # Security (see the README's Security section). Comma-separated lists, so a new value
+    # can be added before the old one is removed.
+    # Bearer tokens of the internal endpoints; none configured refuses every call.
+    internal_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Keys of the ingest endpoints (X-Clickstream-Key); none configured leaves them open.
+    ingest_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Signs the pipeline's control messages: the first one signs, every one verifies.
+    control_secret: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # A release marker this far ahead of the worker's clock is refused.
+    control_max_clock_skew_seconds: float = Field(default=3600.0, gt=0)
+    # Browser origins allowed to call the public endpoints (CORS); none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Releases
     release_wait_seconds: float = Field(default=30.0, gt=0)
     # A batch still releasing this long after its markers were sent gets them again, on
@@ -100,7 +117,14 @@ class Settings(BaseSettings):
     release_heal_seconds: float = Field(default=60.0, gt=0)
     max_session_snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
-    @field_validator("worker_urls", mode="before")
+    @field_validator(
+        "worker_urls",
+        "internal_tokens",
+        "ingest_keys",
+        "control_secret",
+        "cors_origins",
+        mode="before",
+    )
     @classmethod
     def _split_urls(cls, value: object) -> object:
         """Accept a comma-separated list as well as JSON."""
@@ -115,7 +139,12 @@ class Settings(BaseSettings):
         servers = bootstrap or self.kafka_bootstrap
         if not servers:
             raise ValueError("no Kafka bootstrap servers: set CLICKSTREAM_KAFKA_BOOTSTRAP")
-        return {"bootstrap.servers": servers, **self.kafka_extra_config}
+        return {"bootstrap.servers": servers, **self.kafka_extra}
+
+    @property
+    def kafka_extra(self) -> dict[str, str]:
+        """``CLICKSTREAM_KAFKA_EXTRA_CONFIG`` in clear, for the Kafka clients only."""
+        return {key: value.get_secret_value() for key, value in self.kafka_extra_config.items()}
 
     def kafka_producer_config(self, bootstrap: str | None = None) -> dict[str, Any]:
         """librdkafka settings of the producer behind every 2xx: nothing acknowledged is lost."""
@@ -144,8 +173,10 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
+            elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+                text = ",".join(item.get_secret_value() for item in value)
             elif isinstance(value, list | dict):
-                text = json.dumps(value)
+                text = json.dumps(value, default=_reveal)
             elif isinstance(value, bool):
                 text = "true" if value else "false"
             else:
@@ -158,8 +189,18 @@ class Settings(BaseSettings):
         return self.worker_id or f"{socket.gethostname()}-{self.worker_web_port}"
 
     @property
+    def control_secrets(self) -> list[bytes]:
+        return [secret.get_secret_value().encode() for secret in self.control_secret]
+
+    @property
     def mongodb_url(self) -> str | None:
         return self.mongodb_uri.get_secret_value() if self.mongodb_uri else None
+
+
+def _reveal(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    raise TypeError(f"cannot write {type(value).__name__} to the environment")
 
 
 @lru_cache(maxsize=1)

@@ -11,9 +11,11 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING
 
+from clickstream.credentials import CONTROL_SECRET_FILE, INTERNAL_TOKEN_FILE, local_secret, redacted
 from clickstream.settings import Settings, get_settings
 from deploy.kafka_topics import ensure_topics
 from deploy.local_servers import LocalServerError, LocalWorker, local_servers, port_in_use
@@ -47,6 +49,7 @@ def run_locally(settings: Settings) -> None:
             os.environ["CLICKSTREAM_WORKER_URLS"] = (
                 f"http://{settings.worker_web_host}:{settings.worker_web_port}"
             )
+            _use_local_secrets(settings)
             get_settings.cache_clear()
             runtime = get_settings()
             ensure_topics(runtime)
@@ -59,7 +62,7 @@ def run_locally(settings: Settings) -> None:
                     runtime.http_host,
                     runtime.http_port,
                     bootstrap,
-                    mongodb_uri,
+                    redacted(mongodb_uri),
                 )
                 serve(runtime)
     except KeyboardInterrupt:
@@ -129,6 +132,21 @@ def _write_run_file(settings: Settings, bootstrap: str, mongodb_uri: str) -> Non
         "pid": os.getpid(),
         "http_url": f"http://{settings.http_host}:{settings.http_port}",
         "kafka_bootstrap": bootstrap,
-        "mongodb_uri": mongodb_uri,
+        "mongodb_uri": redacted(mongodb_uri),
     }
     run_file(settings).write_text(json.dumps(document, indent=2))
+
+
+def _use_local_secrets(settings: Settings) -> None:
+    """The internal token and control secret of the local run, for the processes started
+    here: from the environment, else made once in the data dir. The token is printed (not
+    logged) for the README's calls; `clickstream release` and `batch` read it from there."""
+    if not settings.internal_tokens:
+        path = settings.data_dir / INTERNAL_TOKEN_FILE
+        token, _ = local_secret(path)
+        os.environ["CLICKSTREAM_INTERNAL_TOKENS"] = token
+        sys.stdout.write(f"internal token (Authorization: Bearer ..., kept in {path}): {token}\n")
+        sys.stdout.flush()
+    if not settings.control_secret:
+        secret, _ = local_secret(settings.data_dir / CONTROL_SECRET_FILE)
+        os.environ["CLICKSTREAM_CONTROL_SECRET"] = secret

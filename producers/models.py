@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from clickstream.settings import get_settings
@@ -34,6 +35,16 @@ def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
         except ValueError:
             raise ValueError("must not hold NaN or Infinity, which JSON cannot carry") from None
     return value
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer: take it as 3 (the gateway parses strictly)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number)
 
 
 def _in_time_window(value: int | None) -> int | None:
@@ -60,7 +71,13 @@ JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
 
 Timestamp = Annotated[
     int | None,
-    Field(description="UTC seconds; the server's current time when absent"),
+    WholeNumber,
+    Field(
+        description="UTC seconds; the server's current time when absent. Accepted only within "
+        "CLICKSTREAM_CREATED_AT_MAX_AGE_SECONDS before and ..._MAX_AHEAD_SECONDS after the "
+        "server's clock (12 h and 5 min by default): a window that moves, so this document "
+        "cannot give it as bounds."
+    ),
     AfterValidator(_in_time_window),
 ]
 
@@ -68,7 +85,21 @@ EventType = Annotated[
     str,
     BeforeValidator(lambda value: "click" if value is None else value),
     StringConstraints(min_length=1, max_length=_settings.max_id_length),
+    # null is accepted as "click": the document says so.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": _settings.max_id_length},
+                {"type": "null"},
+            ],
+            "default": "click",
+            "description": "What happened; `click` when absent or null.",
+        }
+    ),
 ]
+
+# Ten years: beyond it no session is ever idle enough; the bound keeps the value a long.
+MAX_IDLE_SECONDS = 10 * 365 * 24 * 3600
 
 _META = Field(
     default=None,
@@ -109,7 +140,6 @@ class SessionIn(RequestModel):
                     ],
                     "search_meta": {},
                     "user_id": "b604bbb1a57a418d925ebc9d615de99a",
-                    "created_at": 1703376873,
                 }
             ]
         }
@@ -147,13 +177,11 @@ class EventsIn(RequestModel):
                             "object_id": "2f827cbb9fe544cdaca44b2dafd37785",
                             "item_info": {},
                             "event_type": "click",
-                            "created_at": 1703376873,
                         },
                         {
                             "event_id": "124b6bc39e9f43e7b5be6b992d94f505",
                             "object_id": "2f827cbb9fe544cdaca44b2dafd37785",
                             "item_info": {},
-                            "created_at": 1703376874,
                         },
                         {
                             "event_id": "b0f4adcac63b4a35a02a45f06b0b1cb9",
@@ -197,9 +225,10 @@ class ReleaseIn(RequestModel):
     )
 
     release_id: Id = Field(description="The idempotency key: the same id, the same batch.")
-    min_idle_seconds: int = Field(
+    min_idle_seconds: Annotated[int, WholeNumber] = Field(
         default=0,
         ge=0,
+        le=MAX_IDLE_SECONDS,
         description="Sessions active more recently than this wait for the next release.",
     )
 

@@ -25,6 +25,7 @@ from bson import ObjectId
 
 from schemas import MalformedMessageError
 from stream_app import dead_letters, join, metrics, releases
+from stream_app.control_auth import ControlAuth
 from stream_app.tables import partition_key
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class JoinAgent:
         self._failures = failures
         self._orphan_wait_ms = int(settings.orphan_event_wait_seconds * 1000)
         self._retention_ms = int(settings.session_retention_seconds * 1000)
+        self._control = ControlAuth.from_settings(settings)
         # Derived from the tables, never changelogged; dropped on every rebalance.
         self._index: dict[int, set[str]] | None = None
         self._known_ids: OrderedDict[str, set[str]] = OrderedDict()
@@ -134,6 +136,12 @@ class JoinAgent:
                 f"{decoded.name} does not belong on {message.topic}",
                 session_id=decoded.record.get("session_id"),
             )
+            return
+        refusal = self._control.refusal(
+            decoded.name, decoded.record, message.topic, event.value, event.headers
+        )
+        if refusal is not None:  # a control message not from the coordinator
+            await self._dead_letter(event, refusal.reason, refusal.detail, session_id=None)
             return
         await handle(decoded.record, event)
 
@@ -394,8 +402,11 @@ class JoinAgent:
             "partition": partition,
             **counts,
         }
+        value = self._avro.encode(PARTITION_RELEASED, report)
         delivered = await self._topics.releases.send(
-            key=cut["batch_id"].encode(), value=self._avro.encode(PARTITION_RELEASED, report)
+            key=cut["batch_id"].encode(),
+            value=value,
+            headers=self._control.headers(self._names.releases, value),
         )
         await delivered
 

@@ -15,6 +15,7 @@ from stream_app.faust_fixes import (
     never_pause_on_full_buffer,
     take_every_fetched_message,
 )
+from stream_app.kafka_security import faust_kafka_security
 from stream_app.metrics import attach_metrics
 from stream_app.session_view import attach_session_view
 from stream_app.tables import declare_tables
@@ -70,6 +71,7 @@ def create_app(
     web_url = f"http://{settings.worker_web_host}:{settings.worker_web_port}"
     app = StreamApp(
         names.stream_app_id,
+        **faust_kafka_security(settings.kafka_extra),
         broker=";".join(f"kafka://{server}" for server in bootstrap.split(",")),
         store="rocksdb://" if settings.worker_store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir / f"worker-{settings.worker_web_port}"),
@@ -86,6 +88,13 @@ def create_app(
         # at the body limit (a registration, or one event in a piece) still fits.
         producer_max_request_size=1_048_576,
         web_host=settings.worker_web_host,
+        # Only what the gateway needs (the session view, readiness): no table dumps, no
+        # assignment, graph or statistics pages.
+        web_tables_enabled=False,
+        web_router_enabled=settings.worker_web_router,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,
         canonical_url=web_url,

@@ -32,7 +32,8 @@ from pymongo.errors import PyMongoError
 
 from clickstream.batch_store import EMPTY, RELEASED, RELEASING, now_ms
 from schemas import MalformedMessageError, Topics
-from stream_app import metrics
+from stream_app import dead_letters, metrics
+from stream_app.control_auth import ControlAuth
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -91,6 +92,7 @@ class ReleaseCoordinator:
         self._store = store
         self._avro = avro
         self._is_leader = is_leader
+        self._control = ControlAuth.from_settings(settings)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="release-coordinator", daemon=True)
         self._last_tick = 0.0
@@ -194,16 +196,51 @@ class ReleaseCoordinator:
 
     def _handle(self, message: Message, plain: Producer, producer: Producer) -> None:
         try:
-            decoded = self._avro.decode(message.value() or b"")
+            raw = message.value() or b""
+            decoded = self._avro.decode(raw)
         except MalformedMessageError as exc:
             logger.warning("undecodable message on the releases topic skipped error=%s", exc)
             return
         if decoded.name == "clickstream.ReleaseRequested":
             self._open(decoded.record, message, plain)
         elif decoded.name == "clickstream.PartitionReleased":
+            refusal = self._control.refusal(
+                decoded.name, decoded.record, message.topic() or "", raw, message.headers()
+            )
+            if refusal is not None:  # a forged report completes nothing
+                self._refuse(message, refusal.reason, refusal.detail, decoded.record, producer)
+                return
             self._record_part(decoded.record, message, producer)
         else:
             logger.warning("unexpected %s on the releases topic skipped", decoded.name)
+
+    def _refuse(
+        self,
+        message: Message,
+        reason: str,
+        detail: str,
+        record: dict[str, Any],
+        producer: Producer,
+    ) -> None:
+        logger.warning(
+            "control message refused reason=%s batch=%s partition=%s offset=%s detail=%s",
+            reason,
+            record.get("batch_id"),
+            record.get("partition"),
+            message.offset(),
+            detail,
+        )
+        value = dead_letters.dead_letter(
+            self._avro,
+            reason=reason,
+            detail=detail,
+            session_id=None,
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            value=message.value(),
+        )
+        producer.produce(self._names.dead_letter, value)
 
     def _open(self, request: dict[str, Any], message: Message, plain: Producer) -> None:
         batch, created = self._store.open_release(
@@ -233,7 +270,13 @@ class ReleaseCoordinator:
         )
         for topic in self._names.ingest():
             for partition in partitions:
-                plain.produce(topic, marker, partition=partition, on_delivery=self._on_marker)
+                plain.produce(
+                    topic,
+                    marker,
+                    partition=partition,
+                    headers=self._control.headers(topic, marker),
+                    on_delivery=self._on_marker,
+                )
 
     def _on_marker(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -366,6 +409,7 @@ class ReleaseCoordinator:
             return
         self._last_tick = now
         tick = self._avro.encode(PARTITION_TICK, {"sent_at_ms": now_ms()})
+        signed = self._control.headers(self._names.sessions, tick)
         for partition in range(self._settings.topic_partitions):
-            plain.produce(self._names.sessions, tick, partition=partition)
+            plain.produce(self._names.sessions, tick, partition=partition, headers=signed)
         plain.poll(0)

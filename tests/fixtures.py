@@ -14,6 +14,9 @@ from schemas import AvroCodec, Topics
 from tests.servers import new_broker, new_database
 from tests.utils.kafka import TopicReader
 
+TEST_INTERNAL_TOKEN = "test-internal-token"  # noqa: S105 - the tests' own
+TEST_CONTROL_SECRET = "test-control-secret"  # noqa: S105 - the tests' own
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -71,6 +74,8 @@ def settings_factory(
             "mongodb_database": f"test_{uuid.uuid4().hex[:12]}",
             "topic_prefix": f"test-{uuid.uuid4().hex[:12]}.",
             "data_dir": tmp_path_factory.mktemp("data"),
+            "internal_tokens": [TEST_INTERNAL_TOKEN],
+            "control_secret": [TEST_CONTROL_SECRET],
             **overrides,
         }
         settings = Settings(**values)  # type: ignore[arg-type]

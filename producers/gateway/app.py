@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
@@ -16,6 +16,14 @@ from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
 from producers.gateway.metrics import GatewayMetrics, MeteredPublisher
 from producers.gateway.routes import batches, health, sessions
+from producers.gateway.security import (
+    INGEST_REFUSAL,
+    INTERNAL_REFUSAL,
+    PublicCors,
+    log_security,
+    require_ingest_key,
+    require_internal_token,
+)
 from producers.gateway.workers import WorkerClient
 from producers.ingest import IngestMessages
 from producers.models import EventsIn, ReleaseIn, SessionIn, SessionRef
@@ -43,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.kafka_producer_config(), settings.publish_timeout_seconds, metrics
         )
         workers = WorkerClient(settings.worker_urls, settings.worker_request_timeout_seconds)
+        log_security(
+            len(settings.internal_tokens), len(settings.ingest_keys), settings.cors_origins
+        )
         mongodb_url = settings.mongodb_url
         store = BatchStore.from_settings(settings) if mongodb_url else None
         app.state.gateway = Gateway(
@@ -68,9 +79,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Outermost, so preflights are answered before anything else runs.
+        app.add_middleware(PublicCors, origins=settings.cors_origins)
     add_error_handlers(app, settings.retry_after_seconds)
+    if settings.ingest_keys:
+        app.include_router(
+            sessions.ingest_router,
+            dependencies=[Security(require_ingest_key)],
+            responses=INGEST_REFUSAL,
+        )
+    else:
+        app.include_router(sessions.ingest_router)
     app.include_router(sessions.router)
-    app.include_router(batches.router)
+    app.include_router(
+        batches.router, dependencies=[Security(require_internal_token)], responses=INTERNAL_REFUSAL
+    )
     app.include_router(health.router)
     _document_request_bodies(app, [SessionIn, EventsIn, SessionRef, ReleaseIn])
     metrics.instrument(app)  # last: its middleware is the outermost, counting every answer

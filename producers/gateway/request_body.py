@@ -1,5 +1,8 @@
 """Request bodies are parsed and validated in one pass by pydantic-core, from the raw bytes,
-whatever the Content-Type says: malformed JSON is a 400, a contract violation a 422."""
+whatever the Content-Type says: malformed JSON is a 400, a contract violation a 422.
+
+Validation is strict: a JSON value of another type than the OpenAPI document says (``false``
+or ``"1.5"`` for a number, ``1.0`` for an integer) is refused, not converted."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
     """Validate the request body against ``model``; each error names its field path."""
     body = await request.body()
     try:
-        return model.model_validate_json(body)
+        return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False)
         for error in errors:

@@ -33,13 +33,16 @@ CLI = Path(sys.executable).parent / "clickstream"
 class Run:
     """One `clickstream run` process with its own data dir and port."""
 
-    def __init__(self, data_dir: Path, port: int, worker_port: int) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, worker_port: int, extra_env: dict[str, str] | None = None
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
         env |= {
             "CLICKSTREAM_DATA_DIR": str(data_dir),
             "CLICKSTREAM_HTTP_PORT": str(port),
             # beside a `make run`, whose worker has the default port
             "CLICKSTREAM_WORKER_WEB_PORT": str(worker_port),
+            **(extra_env or {}),
         }
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{port}"
@@ -88,17 +91,27 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
         session = session_body()
         events = events_body(session["session_id"], count=3)
 
+        token = (data_dir / "internal-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+
         registered = httpx.post(f"{run.url}/api/v1/clickstream/session", json=session)
         added = httpx.post(f"{run.url}/api/v1/clickstream/session/events", json=events)
+        unauthorized = httpx.post(
+            f"{run.url}/api/v1/clickstream/internal/batch/release",
+            json={"release_id": "090bda77a5e048d59a1e310dc20fbd6d"},
+        )
         released = httpx.post(
             f"{run.url}/api/v1/clickstream/internal/batch/release",
             json={"release_id": "090bda77a5e048d59a1e310dc20fbd6d"},
+            headers=auth,
             timeout=60,
         )
     finally:
         output = run.terminate()
 
     assert registered.status_code == 200
+    assert unauthorized.status_code == 401
+    assert f"kept in {data_dir / 'internal-token'}): {token}" in output, "printed for the user"
     assert added.json() == {"session_id": session["session_id"], "accepted": 3}
     assert released.status_code == 200, released.text
     assert re.fullmatch("[0-9a-f]{24}", released.json()["batch_id"])
@@ -117,9 +130,10 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
         batch = httpx.get(
             f"{again.url}/api/v1/clickstream/internal/batch",
             params={"batch_id": released.json()["batch_id"]},
+            headers=auth,
         )
     finally:
         again.terminate()
     registrations = [m for m in kept if m.name == "clickstream.SessionRegistered"]
     assert [m.record["session_id"] for m in registrations] == [session["session_id"]]
-    assert batch.json() == released.json(), "the batch outlives the run"
+    assert batch.json() == released.json(), "the batch outlives the run, and so does the token"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from clickstream.credentials import internal_auth_headers
 from schemas import Topics
 from tests.utils.bulk import publish_sessions
 from tests.utils.clients import Clients, assert_exactly_once, released_batches
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
     from tests.utils.pipeline import Worker
 
 
-def _release(gateway_url: str, release_id: str | None = None) -> dict[str, object]:
+def _release(gateway_url: str, settings: Settings) -> dict[str, object]:
     """Release through the gateway and wait until the batch is complete."""
+    headers = internal_auth_headers(settings)
     answer = httpx.post(
-        f"{gateway_url}{RELEASE_URL}", json={"release_id": release_id or new_id()}, timeout=120
+        f"{gateway_url}{RELEASE_URL}", json={"release_id": new_id()}, headers=headers, timeout=120
     )
     assert answer.status_code in (200, 202), answer.text
     batch_id = answer.json()["batch_id"]
@@ -36,6 +38,7 @@ def _release(gateway_url: str, release_id: str | None = None) -> dict[str, objec
         batch = httpx.get(
             f"{gateway_url}/api/v1/clickstream/internal/batch",
             params={"batch_id": batch_id},
+            headers=headers,
             timeout=30,
         ).json()
         return batch if batch["status"] == "released" else None
@@ -57,10 +60,10 @@ def test_a_worker_killed_twice_under_load_releases_every_click_once(
             worker.kill()
             worker = worker_factory(stream_settings, restarting=worker).start()
             if round_ == 0:  # a release between the crashes, while the clients go on
-                batches.append(_release(gateway.address))
+                batches.append(_release(gateway.address, stream_settings))
         clients.wait_for_events(clients.acknowledged.event_count() + 1000)
     acknowledged = clients.stop()
-    batches.append(_release(gateway.address))
+    batches.append(_release(gateway.address, stream_settings))
 
     stored = released_batches(stream_settings)
     assert set(stored) == {b["batch_id"] for b in batches}
@@ -89,7 +92,10 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
     gateway = gateway_factory(
         stream_settings, [first, second], CLICKSTREAM_RELEASE_WAIT_SECONDS="0.2"
     )
-    accepted = httpx.post(f"{gateway.address}{RELEASE_URL}", json={"release_id": new_id()})
+    headers = internal_auth_headers(stream_settings)
+    accepted = httpx.post(
+        f"{gateway.address}{RELEASE_URL}", json={"release_id": new_id()}, headers=headers
+    )
     assert accepted.status_code == 202, accepted.text
     batch_id = accepted.json()["batch_id"]
     second.kill()
@@ -100,6 +106,7 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
         batch = httpx.get(
             f"{gateway.address}/api/v1/clickstream/internal/batch",
             params={"batch_id": batch_id},
+            headers=headers,
             timeout=30,
         ).json()
         return batch["status"] == "released"

@@ -55,6 +55,7 @@ RESULTS = Path(__file__).with_name("results.json")
 README = ROOT / "README.md"
 TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
 EVENTS_PER_BATCH = 100
+BENCH_TOKEN = uuid.uuid4().hex
 E2E_EVENTS_PER_S = 2000
 
 
@@ -155,6 +156,8 @@ class Bench:
             mongodb_uri=self.mongodb_uri,
             topic_prefix=prefix,
             mongodb_database=prefix.strip(".").replace(".", "_"),
+            internal_tokens=[BENCH_TOKEN],
+            control_secret=[uuid.uuid4().hex],
             **overrides,
         )
 
@@ -341,6 +344,7 @@ class Bench:
         answer = httpx.post(
             f"{gateway.address}/api/v1/clickstream/internal/batch/release",
             json={"release_id": uuid.uuid4().hex},
+            headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
             timeout=1800,
         ).json()
         batch_id = answer["batch_id"]
@@ -349,6 +353,7 @@ class Bench:
             answer = httpx.get(
                 f"{gateway.address}/api/v1/clickstream/internal/batch",
                 params={"batch_id": batch_id},
+                headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
                 timeout=30,
             ).json()
         released_in = time.perf_counter() - started

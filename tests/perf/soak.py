@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from clickstream.credentials import internal_auth_headers
 from clickstream.log import configure_logging
 from clickstream.settings import Settings
 from deploy.kafka_topics import ensure_topics
@@ -49,6 +51,7 @@ README = ROOT / "README.md"
 START, END = "<!-- soak:start -->", "<!-- soak:end -->"
 RELEASE_PATH = "/api/v1/clickstream/internal/batch/release"
 CLIENTS = 8
+SOAK_TOKEN = secrets.token_hex(16)
 
 
 def _seconds(name: str, default: float) -> float:
@@ -68,6 +71,7 @@ class Soak:
         self.faults: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self.releases: list[dict[str, Any]] = []
+        self.headers: dict[str, str] = {}
 
     def env(self, settings: Settings, **extra: str) -> dict[str, str]:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
@@ -91,7 +95,10 @@ class Soak:
             session_retention_seconds=self.retention,
             tick_interval_seconds=10,
             release_wait_seconds=5,
+            internal_tokens=[SOAK_TOKEN],
+            control_secret=[secrets.token_hex(16)],
         )
+        self.headers = internal_auth_headers(settings)
         ensure_topics(settings)
         worker = LocalWorker(
             self.data_dir / "worker",

@@ -120,18 +120,26 @@ def test_second_registration_keeps_the_first_and_dead_letters_a_conflict(
     assert pipeline.wait_session(session["session_id"])["search_query"] == "user search query"
 
 
-def test_marking_a_session_irrelevant_goes_through_the_stream(pipeline: Pipeline) -> None:
+def test_marking_a_session_irrelevant_goes_through_the_stream(
+    pipeline: Pipeline, codec: AvroCodec
+) -> None:
     session = session_body()
     pipeline.register(session)
-    pipeline.wait_session(session["session_id"])
 
+    # At once: the mark follows the acknowledged registration on its partition.
     marked = pipeline.gateway.post(IRRELEVANT_URL, json={"session_id": session["session_id"]})
-    unknown = pipeline.gateway.post(IRRELEVANT_URL, json={"session_id": new_id()})
+    unknown_id = new_id()
+    unknown = pipeline.gateway.post(IRRELEVANT_URL, json={"session_id": unknown_id})
 
     assert marked.status_code == 200
     assert marked.json() == {"session_id": session["session_id"], "is_irrelevant": True}
-    assert unknown.status_code == 404
+    assert unknown.status_code == 200, "the stream decides, as for the registration"
     eventually(lambda: pipeline.session(session["session_id"]).json()["is_irrelevant"])
+    letters = eventually(
+        lambda: [d for d in _dead_letters(pipeline, codec) if d["session_id"] == unknown_id]
+    )
+    assert [d["reason"] for d in letters] == ["session_not_registered"]
+    assert pipeline.session(unknown_id).status_code == 404
     released = pipeline.release(new_id()).json()
     [in_batch] = pipeline.batch_sessions(released["batch_id"])
     assert in_batch["is_irrelevant"] is True

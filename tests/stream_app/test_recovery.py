@@ -110,6 +110,8 @@ def test_tables_recover_after_a_restart_and_a_crash(
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_stops(
     stream_settings: Settings, worker_factory: Callable[..., Worker]
 ) -> None:
+    # The /router/ page (off by default) shows which worker owns which partition.
+    stream_settings = stream_settings.model_copy(update={"worker_web_router": True})
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.testclient import TestClient
 
+from clickstream.credentials import internal_auth_headers
 from deploy.local_servers import LocalWorker, free_port
 from producers.gateway import create_app
 
@@ -152,5 +153,6 @@ class Pipeline:
 
 
 def gateway_client(settings: Settings, workers: list[Worker]) -> TestClient:
+    """The gateway, in-process; its calls carry the internal token of the settings."""
     settings = settings.model_copy(update={"worker_urls": [w.url for w in workers]})
-    return TestClient(create_app(settings))
+    return TestClient(create_app(settings), headers=internal_auth_headers(settings))

@@ -87,7 +87,7 @@ def get_batch(batch_id: BatchId, store: StoreDep) -> BatchOut:
 def batch_sessions(
     batch_id: BatchId,
     store: StoreDep,
-    after_number: Annotated[int, Query(ge=0)] = 0,
+    after_number: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
     events_limit: Annotated[int, Query(ge=0, le=10000)] = 100,
 ) -> BatchSessionsPage:

@@ -19,6 +19,8 @@ from producers.models import (
 )
 
 router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
+# The writes: behind the ingest keys when CLICKSTREAM_INGEST_KEYS is set.
+ingest_router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
 
 REFUSALS: dict[int | str, dict[str, str]] = {
     400: {"description": "Malformed JSON"},
@@ -28,7 +30,7 @@ REFUSALS: dict[int | str, dict[str, str]] = {
 }
 
 
-@router.post("/session", responses=REFUSALS, openapi_extra=body_schema(SessionIn))
+@ingest_router.post("/session", responses=REFUSALS, openapi_extra=body_schema(SessionIn))
 async def register_session(request: Request, gateway: GatewayDep) -> SessionAccepted:
     """Register a search session. Answers once Kafka has acknowledged it.
 
@@ -40,7 +42,7 @@ async def register_session(request: Request, gateway: GatewayDep) -> SessionAcce
     return SessionAccepted(session_id=session.session_id, created_at=prepared.created_at)
 
 
-@router.post("/session/events", responses=REFUSALS, openapi_extra=body_schema(EventsIn))
+@ingest_router.post("/session/events", responses=REFUSALS, openapi_extra=body_schema(EventsIn))
 async def add_events(request: Request, gateway: GatewayDep) -> EventsAccepted:
     """Add events (clicks by default) to a session. All or nothing; answers once Kafka has
     acknowledged every event. A retried request is safe: events are de-duplicated by id.
@@ -75,15 +77,14 @@ async def get_session(
     return SessionOut.model_validate(session)
 
 
-@router.post(
-    "/session/irrelevant",
-    responses={**REFUSALS, 404: {"description": "No such session"}},
-    openapi_extra=body_schema(SessionRef),
+@ingest_router.post(
+    "/session/irrelevant", responses=REFUSALS, openapi_extra=body_schema(SessionRef)
 )
 async def mark_irrelevant(request: Request, gateway: GatewayDep) -> IrrelevantAccepted:
-    """Mark a session irrelevant. The change goes through the stream like any other."""
+    """Mark a session irrelevant. The change goes through the stream like the registration
+    did, after it on the same partition: a session whose registration was acknowledged can
+    be marked at once. A mark for a session never registered goes to the dead-letter topic.
+    """
     ref = await parse_body(request, SessionRef)
-    if await gateway.workers.session(ref.session_id, events_limit=0) is None:
-        raise HTTPException(status_code=404, detail=f"session {ref.session_id!r} is not registered")
     await gateway.publisher.publish([gateway.messages.irrelevant(ref.session_id, time.time())])
     return IrrelevantAccepted(session_id=ref.session_id, is_irrelevant=True)

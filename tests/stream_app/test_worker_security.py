@@ -1,0 +1,151 @@
+"""The worker's web server serves only what the gateway needs, on loopback; the worker
+takes the same Kafka security settings as every other client."""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+import certifi
+import faust
+import httpx
+import pytest
+from faust.types.auth import AuthProtocol, SASLMechanism
+
+from clickstream.batch_store import BatchStore
+from clickstream.settings import Settings
+from stream_app.app import create_app
+from stream_app.kafka_security import UnsupportedKafkaSecurityError, faust_kafka_security
+from tests.utils.payloads import event_body, session_body
+from tests.utils.pipeline import Pipeline, gateway_client
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.utils.pipeline import Worker
+
+
+def test_plaintext_and_client_tuning_need_no_credentials() -> None:
+    assert faust_kafka_security({}) == {}
+    assert faust_kafka_security({"security.protocol": "PLAINTEXT", "client.id": "x"}) == {}
+
+
+def test_sasl_over_tls_maps_to_faust_sasl_credentials_with_a_verifying_context() -> None:
+    options = faust_kafka_security(
+        {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "clickstream-worker",
+            "sasl.password": "s3cret",
+            "ssl.ca.location": certifi.where(),
+        }
+    )
+
+    credentials = options["broker_credentials"]
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (credentials.username, credentials.password) == ("clickstream-worker", "s3cret")
+    assert credentials.mechanism is SASLMechanism.SCRAM_SHA_512
+    assert credentials.protocol is AuthProtocol.SASL_SSL
+    assert credentials.ssl_context is not None
+    assert credentials.ssl_context.verify_mode is ssl.CERT_REQUIRED
+    assert credentials.ssl_context.check_hostname is True
+    assert "s3cret" not in repr(credentials)
+
+
+def test_sasl_plaintext_and_plain_tls_map_to_their_faust_credentials() -> None:
+    sasl = faust_kafka_security(
+        {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": "PLAIN",
+            "sasl.username": "u",
+            "sasl.password": "p",
+        }
+    )["broker_credentials"]
+    tls = faust_kafka_security(
+        {
+            "security.protocol": "SSL",
+            "ssl.ca.location": certifi.where(),
+            "ssl.endpoint.identification.algorithm": "none",
+        }
+    )["broker_credentials"]
+
+    assert (sasl.protocol, sasl.mechanism) == (AuthProtocol.SASL_PLAINTEXT, SASLMechanism.PLAIN)
+    assert sasl.ssl_context is None
+    assert isinstance(tls, faust.SSLCredentials)
+    assert tls.protocol is AuthProtocol.SSL
+    assert tls.context.check_hostname is False
+    assert tls.context.verify_mode is ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"},
+        {"security.protocol": "SSL", "ssl.keystore.location": "/k.p12"},
+        {"security.protocol": "CARRIER_PIGEON"},
+    ],
+    ids=["oauth", "keystore", "unknown-protocol"],
+)
+def test_security_the_worker_cannot_apply_stops_it_rather_than_connect_with_less(
+    extra: dict[str, str],
+) -> None:
+    with pytest.raises(UnsupportedKafkaSecurityError):
+        faust_kafka_security(extra)
+
+
+def test_the_worker_app_gets_the_credentials(settings: Settings) -> None:
+    secured = settings.model_copy(
+        update={
+            "kafka_extra_config": Settings.model_validate(
+                {
+                    "kafka_extra_config": {
+                        "security.protocol": "SASL_PLAINTEXT",
+                        "sasl.mechanism": "SCRAM-SHA-256",
+                        "sasl.username": "w",
+                        "sasl.password": "p",
+                    }
+                }
+            ).kafka_extra_config
+        }
+    )
+    store = BatchStore.connect(settings.mongodb_url or "", settings.mongodb_database)
+    try:
+        app = create_app(secured, store)
+        credentials = app.conf.broker_credentials
+    finally:
+        store.close()
+
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.mechanism is SASLMechanism.SCRAM_SHA_256
+    assert credentials.username == "w"
+
+
+def test_a_worker_with_plaintext_extra_config_runs_and_serves_only_what_the_gateway_needs(
+    settings_factory: Callable[..., Settings], worker_factory: Callable[..., Worker]
+) -> None:
+    settings = settings_factory(
+        kafka_extra_config={"security.protocol": "PLAINTEXT", "client.id": "clickstream-test"}
+    )
+    worker = worker_factory(settings).start()
+    session = session_body()
+    with gateway_client(settings, [worker]) as gateway:
+        pipeline = Pipeline(settings, gateway, [worker])
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body()])
+        shown = pipeline.wait_session(session["session_id"], events=1)
+
+        pages = {
+            path: httpx.get(f"{worker.url}{path}", timeout=5).status_code
+            for path in ("/table/", "/table/sessions/", "/router/", "/graph/", "/stats/")
+        }
+        direct = httpx.get(
+            f"{worker.url}/sessions/", params={"session_id": session["session_id"]}, timeout=5
+        )
+        ready = httpx.get(f"{worker.url}/ready/", timeout=5)
+
+    assert shown["event_count"] == 1
+    assert pages == dict.fromkeys(pages, 404), "no table dumps or debug pages"
+    assert direct.status_code == 200
+    assert ready.status_code == 200
+    with pytest.raises(httpx.ConnectError):  # bound to 127.0.0.1 alone, not every address
+        httpx.get(f"http://127.0.0.2:{worker.port}/ready/", timeout=5)
