@@ -112,8 +112,8 @@ def test_every_clickstream_variable_is_a_valid_setting(
         assert settings.kafka_bootstrap
         assert settings.mongodb_url
         if kind == "Deployment":
-            assert settings.kafka_extra_config["sasl.username"] == "clickstream-gateway"
-            assert settings.kafka_extra_config["sasl.password"] == "secret"
+            assert settings.kafka_extra["sasl.username"] == "clickstream-gateway"
+            assert settings.kafka_extra["sasl.password"] == "secret"
         else:
             assert settings.worker_instance_id == "clickstream-worker-0"
 

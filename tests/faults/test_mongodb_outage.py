@@ -36,6 +36,7 @@ def test_a_part_written_while_mongodb_is_away_is_retried_until_it_lands(
         mongodb_uri=own_mongod.address,
         tick_interval_seconds=0.5,
         release_wait_seconds=1.0,
+        worker_web_router=True,  # to see that both workers have partitions
         mongodb_server_selection_timeout_seconds=3.0,
     )
     first = worker_factory(settings).start()

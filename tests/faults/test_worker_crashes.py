@@ -80,6 +80,8 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
     gateway_factory: Callable[..., LocalGateway],
     codec: AvroCodec,
 ) -> None:
+    # The router page shows that both workers have partitions.
+    stream_settings = stream_settings.model_copy(update={"worker_web_router": True})
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
 
