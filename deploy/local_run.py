@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from clickstream.settings import Settings, get_settings
@@ -47,6 +48,8 @@ def run_locally(settings: Settings) -> None:
             os.environ["CLICKSTREAM_WORKER_URLS"] = (
                 f"http://{settings.worker_web_host}:{settings.worker_web_port}"
             )
+            # Its /ready says 503 while that worker is not running (WorkerWatch restarts it).
+            os.environ["CLICKSTREAM_READY_REQUIRES_WORKER"] = "true"
             get_settings.cache_clear()
             runtime = get_settings()
             ensure_topics(runtime)
@@ -69,15 +72,28 @@ def run_locally(settings: Settings) -> None:
 
 
 class WorkerWatch:
-    """Starts the local worker, starts it again whenever it dies, and stops it on exit.
+    """Starts the local worker, starts it again whenever it dies, for as long as the run
+    lasts, and stops it on exit.
 
-    It is started from the watching thread, which lives until the worker is stopped
-    (the worker gets SIGTERM from the kernel if that thread dies first).
+    Each crash is one ERROR line with the exit code and the worker's log. Restarts back off
+    exponentially (``backoff_seconds`` doubling up to ``max_backoff_seconds``), back to the
+    start once a worker has run ``healthy_seconds``. A failed first start is raised to the
+    caller, so that ``clickstream run`` stops with its cause. The worker is started from the
+    watching thread, which lives until the worker is stopped (the worker gets SIGTERM from
+    the kernel if that thread dies first).
     """
 
-    def __init__(self, worker: LocalWorker, backoff_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        worker: LocalWorker,
+        backoff_seconds: float = 1.0,
+        max_backoff_seconds: float = 30.0,
+        healthy_seconds: float = 60.0,
+    ) -> None:
         self._worker = worker
         self._backoff = backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self._healthy = healthy_seconds
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -92,7 +108,10 @@ class WorkerWatch:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        self._thread.join()
+        # Stopped from here too: the watcher may be waiting for a restarted worker to be ready.
+        while self._thread.is_alive():
+            self._worker.stop()
+            self._thread.join(0.2)
 
     def _watch(self) -> None:
         try:
@@ -102,21 +121,50 @@ class WorkerWatch:
             return
         finally:
             self._started.set()
+        failures = 0
         try:
-            while not self._stopping.wait(0.5):
-                code = self._worker.exit_code()
+            while True:
+                started = time.monotonic()
+                code = self._wait_exit()
                 if code is None:
-                    continue
+                    return
+                if time.monotonic() - started >= self._healthy:
+                    failures = 0
+                delay = min(self._max_backoff, self._backoff * 2**failures)
+                failures += 1
                 logger.error(
-                    "worker exited code=%s, starting it again log=%s", code, self._worker.log_file
+                    "worker crashed code=%s log=%s restart_in_seconds=%s crashes_in_a_row=%s",
+                    code,
+                    self._worker.log_file,
+                    delay,
+                    failures,
                 )
-                self._stopping.wait(self._backoff)
-                if not self._stopping.is_set():
-                    self._worker.start()
-        except LocalServerError as exc:
-            logger.error("worker could not be started again error=%s", exc)
+                while not self._stopping.wait(delay):
+                    try:
+                        self._worker.start()
+                        break
+                    except LocalServerError as exc:
+                        delay = min(self._max_backoff, self._backoff * 2**failures)
+                        failures += 1
+                        logger.error(
+                            "worker did not start error=%s log=%s restart_in_seconds=%s",
+                            exc,
+                            self._worker.log_file,
+                            delay,
+                        )
+                else:
+                    return
+                logger.info("worker started again pid=%s", self._worker.pid)
         finally:
             self._worker.stop()
+
+    def _wait_exit(self) -> int | None:
+        """The worker's exit code once it dies; None once the run stops."""
+        while not self._stopping.wait(0.5):
+            code = self._worker.exit_code()
+            if code is not None:
+                return code
+        return None
 
 
 def run_file(settings: Settings) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 import faust
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     from clickstream.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+_COORDINATOR_STOP_SECONDS = 1.5
+_STORE_CLOSE_SECONDS = 1.5
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
@@ -31,5 +35,18 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:
-        coordinator.stop()
-        store.close()
+        # Bounded: with the broker gone the coordinator may sit in a 30 s Kafka call (its
+        # thread is a daemon, abandoned at exit; the next leader fences its transaction).
+        coordinator.stop(timeout=_COORDINATOR_STOP_SECONDS)
+        _close_store(store)
+
+
+def _close_store(store: BatchStore) -> None:
+    """Close the MongoDB client, waiting at most a few seconds: pymongo ends its pooled
+    sessions on close and waits a whole server-selection timeout for a mongod that is
+    gone or paused. Nothing is lost by not waiting: the sessions expire on the server."""
+    closer = threading.Thread(target=store.close, name="mongodb-close", daemon=True)
+    closer.start()
+    closer.join(_STORE_CLOSE_SECONDS)
+    if closer.is_alive():
+        logger.warning("mongodb client did not close in time seconds=%s", _STORE_CLOSE_SECONDS)
