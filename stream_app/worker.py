@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_STOP_DEADLINE_SECONDS = 7.0
 _COORDINATOR_STOP_SECONDS = 1.5
 _STORE_CLOSE_SECONDS = 1.5
 
@@ -33,12 +35,40 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     coordinator = ReleaseCoordinator(settings, store, avro, Leadership(app))
     coordinator.start()
     try:
-        faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:
         # Bounded: with the broker gone the coordinator may sit in a 30 s Kafka call (its
         # thread is a daemon, abandoned at exit; the next leader fences its transaction).
         coordinator.stop(timeout=_COORDINATOR_STOP_SECONDS)
         _close_store(store)
+
+
+class _Worker(faust.Worker):
+    """A faust worker that stops within ``_STOP_DEADLINE_SECONDS`` of SIGTERM or SIGINT.
+
+    The last resort, once every known wait is bounded: with the broker gone, faust's final
+    offset commit retries until a group coordinator answers, which may be never. Exiting
+    then is a crash as far as Kafka knows: uncommitted messages are read again on restart.
+    """
+
+    def _on_sigterm(self) -> None:
+        _exit_after(_STOP_DEADLINE_SECONDS)
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        _exit_after(_STOP_DEADLINE_SECONDS)
+        super()._on_sigint()
+
+
+def _exit_after(seconds: float) -> None:
+    def give_up() -> None:
+        logger.error("worker did not stop in time, exiting seconds=%s", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 def _close_store(store: BatchStore) -> None:

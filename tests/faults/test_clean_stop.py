@@ -138,7 +138,9 @@ def test_sigterm_stops_every_process_in_bounded_time(
             "run": _stop_time(run.process.pid, lambda: run.process.poll() is not None),  # type: ignore[union-attr]
         }
         print(f"stop times servers={servers_state} {times}")  # noqa: T201 - the measured figures
-        left = [pid for pid in [pids["gateway"], pids["worker"], *run_pids] if pid and is_running(pid)]
+        left = [
+            pid for pid in [pids["gateway"], pids["worker"], *run_pids] if pid and is_running(pid)
+        ]
 
         assert all(t < STOP_BOUND_SECONDS for t in times.values()), times
         assert not left, f"processes left after SIGTERM: {left}"
