@@ -38,6 +38,9 @@ EVENTS_PER_REQUEST = 5
 REQUESTS_PER_SESSION = 8
 LOAD_SECONDS = 20.0
 MAX_EVENTS = 4000
+# Each client's pause between requests: about 200 events/s in all, so the load spans the
+# broker's restart.
+PACE_SECONDS = 0.1
 # How long a client keeps retrying one request before the test gives up on it.
 RETRY_SECONDS = 120.0
 
@@ -57,6 +60,7 @@ class Budget:
 
     def __init__(self, events: int) -> None:
         self._left = events
+        self._spent = 0
         self._lock = threading.Lock()
 
     def left(self) -> bool:
@@ -66,6 +70,11 @@ class Budget:
     def spend(self, events: int) -> None:
         with self._lock:
             self._left -= events
+            self._spent += events
+
+    def spent(self) -> int:
+        with self._lock:
+            return self._spent
 
 
 class Client:
@@ -94,6 +103,7 @@ class Client:
                     self._post(EVENTS_URL, body)
                     self.accepted[session["session_id"]].extend(e["event_id"] for e in events)
                     self._budget.spend(len(events))
+                    time.sleep(PACE_SECONDS)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
@@ -147,6 +157,7 @@ def test_broker_restart_under_load_releases_every_accepted_event_once(
             own_broker.stop()
             time.sleep(3)
             own_broker.start()
+            at_restart = budget.spent()
             remaining = LOAD_SECONDS - (time.monotonic() - started)
             time.sleep(max(remaining, 5))
         finally:
@@ -161,8 +172,12 @@ def test_broker_restart_under_load_releases_every_accepted_event_once(
         }
         event_ids = [event_id for ids in accepted.values() for event_id in ids]
         retries = sum(client.retries for client in clients)
-        print(f"accepted sessions={len(accepted)} events={len(event_ids)} retries={retries}")  # noqa: T201
+        print(  # noqa: T201 - the load's figures
+            f"accepted sessions={len(accepted)} events={len(event_ids)} retries={retries} "
+            f"events_at_restart={at_restart}"
+        )
         assert retries > 0, "the restart must land during the load"
+        assert len(event_ids) > at_restart, "and the load goes on after it"
 
         pipeline = Pipeline(settings, gateway, [worker])
 
