@@ -7,6 +7,7 @@ pid: the gateway first, then the worker, then the servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,7 +55,7 @@ def run_locally(settings: Settings) -> None:
             runtime = get_settings()
             ensure_topics(runtime)
             worker = LocalWorker(runtime.data_dir, runtime.worker_web_port)
-            with WorkerWatch(worker):
+            with WorkerWatch(worker) as watch:
                 logger.info("worker ready url=%s log=%s", worker.address, worker.log_file)
                 _write_run_file(runtime, bootstrap, mongodb_uri)
                 logger.info(
@@ -64,7 +65,8 @@ def run_locally(settings: Settings) -> None:
                     bootstrap,
                     mongodb_uri,
                 )
-                serve(runtime)
+                # The worker stops while the gateway drains, not after it.
+                serve(runtime, on_exit_signal=watch.begin_stop)
     except KeyboardInterrupt:
         logger.info("interrupted, stopped")
     finally:
@@ -99,12 +101,21 @@ class WorkerWatch:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
 
-    def __enter__(self) -> LocalWorker:
+    def __enter__(self) -> WorkerWatch:
         self._thread.start()
         self._started.wait()
         if self._error is not None:
             raise self._error
-        return self._worker
+        return self
+
+    def begin_stop(self) -> None:
+        """SIGTERM the worker without waiting (safe in a signal handler); ``__exit__``
+        waits for it."""
+        self._stopping.set()
+        pid = self._worker.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
