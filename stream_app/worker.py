@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import faust
 
 from clickstream.batch_store import BatchStore
+from clickstream.shutdown import close_within
 from schemas import AvroCodec
 from stream_app.app import Leadership, create_app
 from stream_app.coordinator import ReleaseCoordinator
@@ -40,7 +41,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         # Bounded: with the broker gone the coordinator may sit in a 30 s Kafka call (its
         # thread is a daemon, abandoned at exit; the next leader fences its transaction).
         coordinator.stop(timeout=_COORDINATOR_STOP_SECONDS)
-        _close_store(store)
+        close_within(store.close, _STORE_CLOSE_SECONDS, "mongodb")
 
 
 class _Worker(faust.Worker):
@@ -69,14 +70,3 @@ def _exit_after(seconds: float) -> None:
     timer = threading.Timer(seconds, give_up)
     timer.daemon = True
     timer.start()
-
-
-def _close_store(store: BatchStore) -> None:
-    """Close the MongoDB client, waiting at most a few seconds: pymongo ends its pooled
-    sessions on close and waits a whole server-selection timeout for a mongod that is
-    gone or paused. Nothing is lost by not waiting: the sessions expire on the server."""
-    closer = threading.Thread(target=store.close, name="mongodb-close", daemon=True)
-    closer.start()
-    closer.join(_STORE_CLOSE_SECONDS)
-    if closer.is_alive():
-        logger.warning("mongodb client did not close in time seconds=%s", _STORE_CLOSE_SECONDS)

@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from clickstream.settings import Settings
@@ -78,6 +79,12 @@ def test_sigterm_stops_every_process_in_bounded_time(
         gateway.start()
         run = Run(settings, tmp_path / "run")
         run.wait_ready()
+        # Each reads MongoDB once, as a client looking up a batch: pymongo then has a session
+        # to end on close, and would wait for a mongod that is gone or paused.
+        unknown = {"batch_id": "0" * 24}
+        for url in (gateway.address, run.url):
+            looked_up = httpx.get(f"{url}/api/v1/clickstream/internal/batch", params=unknown)
+            assert looked_up.status_code == 404, looked_up.text
         pids = {"gateway": gateway.pid, "worker": worker.pid, **dict.fromkeys(["run"])}
         run_pids = run.pids()
 
