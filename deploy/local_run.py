@@ -119,10 +119,11 @@ class WorkerWatch:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        # Stopped from here too: the watcher may be waiting for a restarted worker to be ready.
+        # The watcher stops the worker (by pid, waiting for it). SIGTERM from here too, as
+        # it may be waiting for a restarted worker to become ready.
         while self._thread.is_alive():
-            self._worker.stop()
-            self._thread.join(0.2)
+            self.begin_stop()
+            self._thread.join(0.5)
 
     def _watch(self) -> None:
         try:
