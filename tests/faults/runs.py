@@ -30,6 +30,12 @@ class Run:
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
         servers = settings.environment()
+        # The servers, and the test's secrets where the settings have any.
+        env |= {
+            name: value
+            for name, value in servers.items()
+            if name in ("CLICKSTREAM_INTERNAL_TOKENS", "CLICKSTREAM_CONTROL_SECRET")
+        }
         env |= {
             "CLICKSTREAM_KAFKA_BOOTSTRAP": servers["CLICKSTREAM_KAFKA_BOOTSTRAP"],
             "CLICKSTREAM_MONGODB_URI": servers["CLICKSTREAM_MONGODB_URI"],
@@ -57,3 +63,9 @@ class Run:
     def pids(self) -> list[int]:
         """Its own pid and its worker's."""
         return [self.process.pid, *(int(p.read_text()) for p in self.data_dir.glob("*.pid"))]
+
+
+def internal_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header of the internal endpoints, where the settings have a token."""
+    tokens = getattr(settings, "internal_tokens", None) or []
+    return {"Authorization": f"Bearer {tokens[0].get_secret_value()}"} if tokens else {}

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from clickstream.settings import Settings
-from deploy.kafka_topics import ensure_topics
 from tests.servers import new_broker
 from tests.utils.payloads import event_body, new_id, session_body
 from tests.utils.pipeline import (
@@ -30,6 +27,7 @@ if TYPE_CHECKING:
 
     from fastapi.testclient import TestClient
 
+    from clickstream.settings import Settings
     from tests.servers import Broker
     from tests.utils.pipeline import Worker
 
@@ -128,21 +126,15 @@ class Client:
 
 def test_broker_restart_under_load_releases_every_accepted_event_once(
     own_broker: Broker,
-    mongodb_uri: str,
+    settings_factory: Callable[..., Settings],
     worker_factory: Callable[..., Worker],
-    tmp_path: Path,
 ) -> None:
-    settings = Settings(
+    settings = settings_factory(
         kafka_bootstrap=own_broker.bootstrap,
-        mongodb_uri=mongodb_uri,
-        mongodb_database=f"test_{uuid.uuid4().hex[:12]}",
-        topic_prefix=f"test-{uuid.uuid4().hex[:12]}.",
-        data_dir=tmp_path / "data",
         tick_interval_seconds=0.5,
         publish_timeout_seconds=3.0,
         retry_after_seconds=1,
     )
-    ensure_topics(settings)
     worker = worker_factory(settings).start()
     stop = threading.Event()
     with gateway_client(settings, [worker]) as gateway:

@@ -7,22 +7,21 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from clickstream.settings import Settings
-from deploy.kafka_topics import ensure_topics
 from deploy.local_servers import LocalGateway, is_running
-from tests.faults.runs import Run
+from tests.faults.runs import Run, internal_headers
 from tests.servers import USE_DOCKER, LocalBroker, LocalDatabase
 from tests.utils.pipeline import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from clickstream.settings import Settings
 
 pytestmark = pytest.mark.skipif(USE_DOCKER, reason="pauses the local servers by pid")
 
@@ -57,17 +56,15 @@ def _stop_time(pid: int, exited: callable) -> float:  # type: ignore[valid-type]
 
 @pytest.mark.parametrize("servers_state", ["up", "stopped", "paused"])
 def test_sigterm_stops_every_process_in_bounded_time(
-    servers: tuple[LocalBroker, LocalDatabase], servers_state: str, tmp_path: Path
+    servers: tuple[LocalBroker, LocalDatabase],
+    servers_state: str,
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
     broker, database = servers
-    settings = Settings(
-        kafka_bootstrap=broker.bootstrap,
-        mongodb_uri=database.uri,
-        topic_prefix=f"test-{uuid.uuid4().hex[:8]}.",
-        data_dir=tmp_path / "data",
-        tick_interval_seconds=0.5,
+    settings = settings_factory(
+        kafka_bootstrap=broker.bootstrap, mongodb_uri=database.uri, tick_interval_seconds=0.5
     )
-    ensure_topics(settings)
     worker = Worker(settings, tmp_path / "worker", "worker-stop")
     gateway = LocalGateway(
         tmp_path / "gateway",
@@ -83,7 +80,11 @@ def test_sigterm_stops_every_process_in_bounded_time(
         # to end on close, and would wait for a mongod that is gone or paused.
         unknown = {"batch_id": "0" * 24}
         for url in (gateway.address, run.url):
-            looked_up = httpx.get(f"{url}/api/v1/clickstream/internal/batch", params=unknown)
+            looked_up = httpx.get(
+                f"{url}/api/v1/clickstream/internal/batch",
+                params=unknown,
+                headers=internal_headers(settings),
+            )
             assert looked_up.status_code == 404, looked_up.text
         pids = {"gateway": gateway.pid, "worker": worker.pid, **dict.fromkeys(["run"])}
         run_pids = run.pids()
