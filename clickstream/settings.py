@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["http://127.0.0.1:6066"]
     )
     worker_request_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The gateway's /ready also asks the workers' /ready/ (one must answer 200): on for
+    # `clickstream run`, where the gateway is useless without its one worker.
+    ready_requires_worker: bool = False
     # A worker that dies keeps its partitions this long, until the group notices. Some
     # brokers (the local one) wait for the rebalance timeout instead: keep it short too.
     worker_session_timeout_seconds: float = Field(default=10.0, ge=6)

@@ -7,12 +7,14 @@ pid: the gateway first, then the worker, then the servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from clickstream.credentials import CONTROL_SECRET_FILE, INTERNAL_TOKEN_FILE, local_secret, redacted
@@ -50,11 +52,13 @@ def run_locally(settings: Settings) -> None:
                 f"http://{settings.worker_web_host}:{settings.worker_web_port}"
             )
             _use_local_secrets(settings)
+            # Its /ready says 503 while that worker is not running (WorkerWatch restarts it).
+            os.environ["CLICKSTREAM_READY_REQUIRES_WORKER"] = "true"
             get_settings.cache_clear()
             runtime = get_settings()
             ensure_topics(runtime)
             worker = LocalWorker(runtime.data_dir, runtime.worker_web_port)
-            with WorkerWatch(worker):
+            with WorkerWatch(worker) as watch:
                 logger.info("worker ready url=%s log=%s", worker.address, worker.log_file)
                 _write_run_file(runtime, bootstrap, mongodb_uri)
                 logger.info(
@@ -64,7 +68,8 @@ def run_locally(settings: Settings) -> None:
                     bootstrap,
                     redacted(mongodb_uri),
                 )
-                serve(runtime)
+                # The worker stops while the gateway drains, not after it.
+                serve(runtime, on_exit_signal=watch.begin_stop)
     except KeyboardInterrupt:
         logger.info("interrupted, stopped")
     finally:
@@ -72,30 +77,56 @@ def run_locally(settings: Settings) -> None:
 
 
 class WorkerWatch:
-    """Starts the local worker, starts it again whenever it dies, and stops it on exit.
+    """Starts the local worker, starts it again whenever it dies, for as long as the run
+    lasts, and stops it on exit.
 
-    It is started from the watching thread, which lives until the worker is stopped
-    (the worker gets SIGTERM from the kernel if that thread dies first).
+    Each crash is one ERROR line with the exit code and the worker's log. Restarts back off
+    exponentially (``backoff_seconds`` doubling up to ``max_backoff_seconds``), back to the
+    start once a worker has run ``healthy_seconds``. A failed first start is raised to the
+    caller, so that ``clickstream run`` stops with its cause. The worker is started from the
+    watching thread, which lives until the worker is stopped (the worker gets SIGTERM from
+    the kernel if that thread dies first).
     """
 
-    def __init__(self, worker: LocalWorker, backoff_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        worker: LocalWorker,
+        backoff_seconds: float = 1.0,
+        max_backoff_seconds: float = 30.0,
+        healthy_seconds: float = 60.0,
+    ) -> None:
         self._worker = worker
         self._backoff = backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self._healthy = healthy_seconds
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
 
-    def __enter__(self) -> LocalWorker:
+    def __enter__(self) -> WorkerWatch:
         self._thread.start()
         self._started.wait()
         if self._error is not None:
             raise self._error
-        return self._worker
+        return self
+
+    def begin_stop(self) -> None:
+        """SIGTERM the worker without waiting (safe in a signal handler); ``__exit__``
+        waits for it."""
+        self._stopping.set()
+        pid = self._worker.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        self._thread.join()
+        # The watcher stops the worker (by pid, waiting for it). SIGTERM from here too, as
+        # it may be waiting for a restarted worker to become ready.
+        while self._thread.is_alive():
+            self.begin_stop()
+            self._thread.join(0.5)
 
     def _watch(self) -> None:
         try:
@@ -105,21 +136,50 @@ class WorkerWatch:
             return
         finally:
             self._started.set()
+        failures = 0
         try:
-            while not self._stopping.wait(0.5):
-                code = self._worker.exit_code()
+            while True:
+                started = time.monotonic()
+                code = self._wait_exit()
                 if code is None:
-                    continue
+                    return
+                if time.monotonic() - started >= self._healthy:
+                    failures = 0
+                delay = min(self._max_backoff, self._backoff * 2**failures)
+                failures += 1
                 logger.error(
-                    "worker exited code=%s, starting it again log=%s", code, self._worker.log_file
+                    "worker crashed code=%s log=%s restart_in_seconds=%s crashes_in_a_row=%s",
+                    code,
+                    self._worker.log_file,
+                    delay,
+                    failures,
                 )
-                self._stopping.wait(self._backoff)
-                if not self._stopping.is_set():
-                    self._worker.start()
-        except LocalServerError as exc:
-            logger.error("worker could not be started again error=%s", exc)
+                while not self._stopping.wait(delay):
+                    try:
+                        self._worker.start()
+                        break
+                    except LocalServerError as exc:
+                        delay = min(self._max_backoff, self._backoff * 2**failures)
+                        failures += 1
+                        logger.error(
+                            "worker did not start error=%s log=%s restart_in_seconds=%s",
+                            exc,
+                            self._worker.log_file,
+                            delay,
+                        )
+                else:
+                    return
+                logger.info("worker started again pid=%s", self._worker.pid)
         finally:
             self._worker.stop()
+
+    def _wait_exit(self) -> int | None:
+        """The worker's exit code once it dies; None once the run stops."""
+        while not self._stopping.wait(0.5):
+            code = self._worker.exit_code()
+            if code is not None:
+                return code
+        return None
 
 
 def run_file(settings: Settings) -> Path:

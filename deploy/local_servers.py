@@ -327,6 +327,30 @@ class LocalKafka(LocalServer):
             str(self.data_dir / "kafka"),
         ]
 
+    def stop(self, save: bool = True) -> None:
+        """Stop by pid, after its kafka service saved its data and closed its port.
+
+        A bare SIGTERM under load loses data: noida-db 0.2.3 goes on acknowledging produce
+        requests for a few hundred milliseconds after the signal and keeps none of them
+        (measured: thousands of messages acknowledged with acks=all, gone after the restart;
+        an idempotent producer then fails with OUT_OF_ORDER_SEQUENCE_NUMBER). Its own
+        ``stop kafka`` command stops the service cleanly first. ``save=False`` is the bare
+        SIGTERM, for tests of that loss.
+        """
+        if save and self._process is not None and self._process.poll() is None:
+            command = [
+                str(self.binary()),
+                "stop",
+                "kafka",
+                "--data-dir",
+                str(self.data_dir / "kafka"),
+            ]
+            try:
+                subprocess.run(command, capture_output=True, timeout=10, check=True)
+            except (OSError, subprocess.SubprocessError) as exc:
+                logger.warning("kafka service did not stop cleanly, terminating error=%s", exc)
+        super().stop()
+
     def probe(self) -> bool:
         if not _port_open(self.host, self.port):
             return False

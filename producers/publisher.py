@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -38,35 +39,64 @@ class OutgoingMessage:
 
 
 class _Acknowledgement:
-    """Counts a request's delivery reports; reports once: all delivered, or the first error."""
+    """Counts a request's delivery reports; reports once: all delivered, or the first error.
 
-    __slots__ = ("_done", "_remaining")
+    Called from whichever thread serves its producer's delivery reports (one at a time).
+    """
 
-    def __init__(self, count: int, done: Callable[[Exception | None], None]) -> None:
+    __slots__ = ("_done", "_remaining", "_settled")
+
+    def __init__(
+        self,
+        count: int,
+        done: Callable[[Exception | None], None],
+        settled: Callable[[_Acknowledgement], None],
+    ) -> None:
         self._remaining = count
         self._done: Callable[[Exception | None], None] | None = done
+        self._settled = settled
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
-        done = self._done
-        if done is None:
+        if self._done is None:
             return
         if err is not None:
-            self._done = None
-            done(PublishUnavailableError(f"Kafka did not acknowledge: {err.str()}"))
+            self.fail(PublishUnavailableError(f"Kafka did not acknowledge: {err.str()}"))
             return
         self._remaining -= 1
         if self._remaining == 0:
-            self._done = None
-            done(None)
+            self._settle(None)
 
     def fail(self, exc: Exception) -> None:
+        self._settle(exc)
+
+    def _settle(self, error: Exception | None) -> None:
         done, self._done = self._done, None
         if done is not None:
-            done(exc)
+            self._settled(self)
+            done(error)
+
+
+class _Generation:
+    """One confluent-kafka producer and the requests waiting for its delivery reports."""
+
+    __slots__ = ("fatal", "number", "pending", "producer")
+
+    def __init__(self, number: int, config: dict[str, Any], on_error: Callable[..., None]) -> None:
+        self.number = number
+        self.pending: set[_Acknowledgement] = set()
+        # Set once the producer reported a fatal error: it will never produce again.
+        self.fatal: KafkaError | None = None
+        self.producer = Producer({**config, "error_cb": functools.partial(on_error, self)})
 
 
 class KafkaPublisher:
     """A confluent-kafka producer with a thread serving its delivery reports.
+
+    An idempotent producer that hits a fatal error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER when
+    the broker lost its sequence state in a restart) never produces again; librdkafka's
+    advice is to replace it. The delivery thread does: a new producer takes the requests
+    that come next, the old one is purged and its waiting requests fail at once with
+    PublishUnavailableError (a 503: nothing is assumed published; a retry is safe).
 
     Args:
         config: librdkafka settings (see ``Settings.kafka_producer_config``).
@@ -76,22 +106,84 @@ class KafkaPublisher:
 
     def __init__(self, config: dict[str, Any], timeout: float) -> None:
         self.timeout = timeout
+        self._config = config
         self._last_error_logged = -_ERROR_LOG_INTERVAL_SECONDS
-        self._producer = Producer({**config, "error_cb": self._on_error})
+        self._lock = threading.Lock()
+        self._generation = _Generation(1, config, self._on_error)
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
 
-    def _poll(self) -> None:
-        while not self._stopping.is_set():
-            self._producer.poll(0.1)
+    @property
+    def generation(self) -> int:
+        """How many producers this publisher has had (1 until a fatal error replaced one)."""
+        return self._generation.number
 
-    def _on_error(self, err: KafkaError) -> None:
+    def _poll(self) -> None:
+        # The thread must outlive any error: without it no request is ever answered 2xx.
+        while not self._stopping.is_set():
+            generation = self._generation
+            try:
+                generation.producer.poll(0.1)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.fatal():
+                    generation.fatal = error
+                else:
+                    logger.exception("producer poll failed error=%s", exc)
+            except Exception:
+                logger.exception("producer poll failed")
+            if generation.fatal is not None:
+                try:
+                    self._replace(generation)
+                except Exception:
+                    logger.exception("producer replacement failed, trying again")
+                    self._stopping.wait(1.0)
+
+    def _replace(self, old: _Generation) -> None:
+        """Swap in a new producer, then fail what waits on the old one (poll thread only)."""
+        fatal = old.fatal
+        new = _Generation(old.number + 1, self._config, self._on_error)
+        with self._lock:
+            self._generation = new
+            waiting = list(old.pending)
+            old.pending.clear()
+        logger.error(
+            "kafka producer fatal error, replaced code=%s reason=%s generation=%s waiting=%s",
+            fatal.name() if fatal else None,
+            fatal.str() if fatal else None,
+            new.number,
+            len(waiting),
+        )
+        error = PublishUnavailableError("Kafka producer failed and was replaced")
+        for ack in waiting:
+            ack.fail(error)
+        # Its queues are purged without waiting; closing it must not hold up the delivery
+        # thread, which now serves the new producer.
+        threading.Thread(
+            target=_retire, args=(old.producer,), name="kafka-retire", daemon=True
+        ).start()
+
+    def _on_error(self, generation: _Generation, err: KafkaError) -> None:
+        if err.fatal():
+            # Seen by the delivery thread, which replaces the producer.
+            generation.fatal = err
+            logger.error("kafka client fatal error code=%s reason=%s", err.name(), err.str())
+            return
         # librdkafka reconnects by itself and reports every failed attempt: say it once.
         now = time.monotonic()
-        if now - self._last_error_logged >= _ERROR_LOG_INTERVAL_SECONDS or err.fatal():
+        if now - self._last_error_logged >= _ERROR_LOG_INTERVAL_SECONDS:
             self._last_error_logged = now
             logger.warning("kafka client error code=%s reason=%s", err.name(), err.str())
+
+    def unavailable(self) -> str | None:
+        """Why no producer can publish right now, or None (a cheap check, no broker call)."""
+        fatal = self._generation.fatal
+        if fatal is not None:
+            return f"Kafka producer failed: {fatal.str()}"
+        if not self._poller.is_alive():
+            return "the producer's delivery thread is not running"
+        return None
 
     def send(
         self, messages: Sequence[OutgoingMessage], done: Callable[[Exception | None], None]
@@ -100,8 +192,11 @@ class KafkaPublisher:
         if not messages:
             done(None)
             return
-        ack = _Acknowledgement(len(messages), done)
-        produce = self._producer.produce
+        with self._lock:
+            generation = self._generation
+            ack = _Acknowledgement(len(messages), done, functools.partial(self._forget, generation))
+            generation.pending.add(ack)
+        produce = generation.producer.produce
         try:
             for message in messages:
                 if message.partition is None:
@@ -116,9 +211,16 @@ class KafkaPublisher:
                     )
         except BufferError as exc:
             ack.fail(PublishUnavailableError("Kafka producer queue is full"))
-            logger.warning("producer queue full: %s", exc)
+            logger.warning("producer queue full error=%s", exc)
         except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.fatal():
+                generation.fatal = generation.fatal or error
             ack.fail(PublishUnavailableError(f"Kafka refused the message: {exc}"))
+
+    def _forget(self, generation: _Generation, ack: _Acknowledgement) -> None:
+        with self._lock:
+            generation.pending.discard(ack)
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish and return once Kafka acknowledged all; PublishUnavailableError otherwise."""
@@ -152,16 +254,29 @@ class KafkaPublisher:
 
     def missing_topics(self, topics: Sequence[str], timeout: float = 2.0) -> list[str]:
         """Which of ``topics`` the brokers lack (a metadata call: not for the hot path)."""
-        metadata = self._producer.list_topics(timeout=timeout)
+        metadata = self._generation.producer.list_topics(timeout=timeout)
         return [topic for topic in topics if topic not in metadata.topics]
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to ``timeout``), then stop the delivery thread."""
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            logger.warning("producer closed with undelivered messages count=%s", remaining)
         self._stopping.set()
         self._poller.join()
+        producer = self._generation.producer
+        remaining = producer.flush(timeout)
+        if remaining:
+            logger.warning("producer closed with undelivered messages count=%s", remaining)
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+
+
+def _retire(producer: Producer) -> None:
+    """Drop a producer that hit a fatal error: nothing it holds will ever be delivered."""
+    try:
+        producer.purge(in_queue=True, in_flight=True, blocking=False)
+        producer.poll(0)
+        producer.close()
+    except Exception:
+        logger.exception("closing the replaced producer failed")
 
 
 def _settle(future: asyncio.Future[None], error: Exception | None) -> None:

@@ -11,6 +11,7 @@ from stream_app.agent import JoinAgent
 from stream_app.failures import FailurePolicy
 from stream_app.faust_fixes import (
     back_off_empty_fetches,
+    bound_leave_group,
     flush_buffer_completely,
     never_pause_on_full_buffer,
     take_every_fetched_message,
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
     from clickstream.batch_store import BatchStore
     from clickstream.settings import Settings
+
+_LEAVE_GROUP_SECONDS = 1.5
 
 
 class StreamApp(faust.App):
@@ -53,6 +56,7 @@ class StreamApp(faust.App):
         )
         if coordinator is not None:
             coordinator._group_instance_id = None  # aiokafka leaves only dynamic members
+        bound_leave_group(_LEAVE_GROUP_SECONDS)  # a paused broker must not hold the stop
         await super().on_stop()
 
 

@@ -102,7 +102,14 @@ def back_off_empty_fetches(seconds: float) -> None:
     original = Fetcher._proc_fetch_request
 
     async def proc_fetch_request(self: Fetcher, *args: Any) -> bool:
-        got_records: bool = await original(self, *args)
+        try:
+            got_records: bool = await original(self, *args)
+        except asyncio.CancelledError:
+            # aiokafka ends a cancelled fetch quietly while it sends, but not while it backs
+            # off after a failed send (broker gone): close() then raises CancelledError out
+            # of the consumer thread, which never reports its shutdown, and SIGTERM takes
+            # the thread's 60 s shutdown timeout.
+            return False
         if not got_records:
             # As aiokafka's own method does: a fetch cancelled by close() or by losing the
             # partition ends quietly, or close() stops half-way and the worker hangs.
@@ -112,3 +119,24 @@ def back_off_empty_fetches(seconds: float) -> None:
 
     Fetcher._proc_fetch_request = proc_fetch_request
     Fetcher.clickstream_backs_off = True
+
+
+def bound_leave_group(seconds: float) -> None:
+    """Give up leaving the consumer group after ``seconds``: aiokafka waits a whole request
+    timeout (90 s in faust) for a broker that is paused or unreachable. The leave is a
+    courtesy (partitions move at once); without it they move when the session expires."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator  # noqa: PLC0415
+
+    if getattr(GroupCoordinator, "clickstream_bounds_leave", False):
+        return
+    original = GroupCoordinator._maybe_leave_group
+
+    async def maybe_leave_group(self: GroupCoordinator) -> None:
+        try:
+            await asyncio.wait_for(original(self), seconds)
+        except TimeoutError:
+            logger.warning("leaving the consumer group timed out seconds=%s", seconds)
+            self.reset_generation()
+
+    GroupCoordinator._maybe_leave_group = maybe_leave_group
+    GroupCoordinator.clickstream_bounds_leave = True

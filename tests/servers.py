@@ -61,6 +61,11 @@ class LocalBroker(Broker):
     def stop(self) -> None:
         self._server.stop()
 
+    def terminate_unsaved(self) -> None:
+        """A bare SIGTERM: what the broker acknowledged in its last moments is lost (see
+        LocalKafka.stop), like a broker that lost its log's tail."""
+        self._server.stop(save=False)
+
     @property
     def pid(self) -> int | None:
         return self._server.pid

@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from clickstream.batch_store import BatchStore
 from clickstream.settings import Settings, get_settings
+from clickstream.shutdown import close_within
 from producers.gateway.body_limit import BodySizeLimit
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from pydantic import BaseModel
+
+# A gone or paused mongod must not hold the stop (see close_within).
+_STORE_CLOSE_SECONDS = 1.5
+# What the broker has not acknowledged by then was answered 503 or cut: clients retry it.
+_PUBLISHER_CLOSE_SECONDS = 2.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,10 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            publisher.close()
+            publisher.close(timeout=_PUBLISHER_CLOSE_SECONDS)
             await workers.close()
             if store is not None:
-                store.close()
+                close_within(store.close, _STORE_CLOSE_SECONDS, "mongodb")
 
     app = FastAPI(
         title="Clickstream",

@@ -47,5 +47,20 @@ class WorkerClient:
         logger.warning("no worker answered failures=%s", failures)
         raise WorkersUnavailableError("no stream worker answered: " + "; ".join(failures))
 
+    async def ready(self) -> str | None:
+        """None once a worker answers its ``/ready/`` (one GET per worker at most), else why
+        not."""
+        failures = []
+        for url in self._urls:
+            try:
+                response = await self._client.get(f"{url}/ready/")
+            except httpx.TransportError as exc:
+                failures.append(f"{url}: {exc!r}")
+                continue
+            if response.status_code == 200:
+                return None
+            failures.append(f"{url}: HTTP {response.status_code}")
+        return "no stream worker is ready: " + ("; ".join(failures) or "none configured")
+
     async def close(self) -> None:
         await self._client.aclose()

@@ -19,15 +19,27 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "Kafka is not reachable"}})
+@router.get(
+    "/ready",
+    responses={503: {"description": "Kafka is not reachable, or no producer can publish"}},
+)
 async def ready(gateway: GatewayDep) -> JSONResponse:
-    """Kafka is reachable and has the topics the gateway writes."""
-    try:
-        missing = await run_in_threadpool(gateway.publisher.missing_topics, gateway.topics.ingest())
-    except Exception as exc:  # noqa: BLE001 - any failure to reach Kafka means not ready
-        logger.warning("readiness check failed error=%s", exc)
-        return JSONResponse(status_code=503, content={"status": "unavailable", "detail": str(exc)})
-    if missing:
-        detail = f"missing topics: {', '.join(missing)}"
+    """A producer can publish: Kafka is reachable, has the topics the gateway writes, and the
+    producer has not failed for good (it is being replaced). With
+    ``CLICKSTREAM_READY_REQUIRES_WORKER`` a stream worker must be ready too."""
+    detail = gateway.publisher.unavailable()
+    if detail is None:
+        try:
+            missing = await run_in_threadpool(
+                gateway.publisher.missing_topics, gateway.topics.ingest()
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to reach Kafka means not ready
+            detail = str(exc)
+        else:
+            detail = f"missing topics: {', '.join(missing)}" if missing else None
+    if detail is None and gateway.settings.ready_requires_worker:
+        detail = await gateway.workers.ready()
+    if detail is not None:
+        logger.warning("not ready detail=%s", detail)
         return JSONResponse(status_code=503, content={"status": "unavailable", "detail": detail})
     return JSONResponse(content={"status": "ready"})
