@@ -1,4 +1,6 @@
-"""The load generator: a process of its own, so its CPU is measured apart from what it loads.
+"""The bench's Python loads, each in a process of its own, so its CPU is measured apart from
+what it loads: the closed loop that stands in for wrk when wrk cannot be installed, the
+end-to-end latency probe, and sessions published straight to Kafka.
 
 ``python -m tests.perf.load '<json spec>'`` runs one load and prints one JSON line with the
 figures and the generator's own CPU use (user + system seconds over wall seconds).
