@@ -14,7 +14,7 @@ run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foregro
 test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
 	$(BIN)/pytest
 
-bench: $(STAMP)  ## Every benchmark scenario on servers of its own (BENCH_SECONDS, default 10)
+bench: $(STAMP)  ## The pipeline (clickstream run) and the baseline under wrk, then the worker (BENCH_SECONDS, default 15)
 	$(BIN)/python -m tests.perf.bench
 
 soak: $(STAMP)  ## Half capacity for SOAK_SECONDS (1800) with worker kills and broker restarts

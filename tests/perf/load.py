@@ -1,4 +1,6 @@
-"""The load generator: a process of its own, so its CPU is measured apart from what it loads.
+"""The bench's Python loads, each in a process of its own, so its CPU is measured apart from
+what it loads: the closed loop that stands in for wrk when wrk cannot be installed, the
+end-to-end latency probe, and sessions published straight to Kafka.
 
 ``python -m tests.perf.load '<json spec>'`` runs one load and prints one JSON line with the
 figures and the generator's own CPU use (user + system seconds over wall seconds).
@@ -123,25 +125,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _bodies(events_per_request: int, count: int) -> list[bytes]:
-    """Events requests built before the clock starts: building them is the client's work."""
-    return [post(EVENTS_PATH, events_json(_id(), events_per_request)) for _ in range(count)]
+def request_body(spec: dict[str, Any], n: int) -> bytes:
+    """The ``n``-th request of a load, with ids new in the run (as ``wrk/*.lua`` build them):
+    a session registration, or events for one of the ``pool`` sessions registered before."""
+    prefix = spec["prefix"]
+    if spec["load"] == "sessions":
+        return post(SESSION_PATH, session_json(f"{prefix}-{n}"))
+    events = [
+        {"event_id": f"{prefix}-{n}-{i}", "object_id": f"o{i % 10}", "meta": {"position": i % 10}}
+        for i in range(spec["events_per_request"])
+    ]
+    return post(EVENTS_PATH, {"session_id": f"{prefix}-s{n % spec['pool']}", "events": events})
 
 
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """``connections`` clients, each sending its next request as soon as it is answered:
-    the most the server sustains."""
+    the most the server sustains. The fallback when wrk is not there."""
     host, port, seconds = spec["host"], spec["port"], spec["seconds"]
-    bodies = _bodies(spec["events_per_request"], spec.get("distinct_bodies", 4000))
     tally = Tally()
     connections = [await Connection.open(host, port) for _ in range(spec["connections"])]
     deadline = time.perf_counter() + seconds
 
     async def client(index: int, connection: Connection) -> None:
-        i = index
+        n = index
         while time.perf_counter() < deadline:
-            raw = bodies[i % len(bodies)]
-            i += len(connections)
+            raw = request_body(spec, n)
+            n += len(connections)
             started = time.perf_counter()
             status, _ = await connection.request(raw)
             tally.count(status, (time.perf_counter() - started) * 1000)
@@ -167,27 +176,6 @@ async def paced(total: int, rate: float, send: Callable[[int, float], Awaitable[
         tasks.append(asyncio.ensure_future(send(n, due)))
     await asyncio.gather(*tasks)
     return time.perf_counter() - started
-
-
-async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
-    """Requests sent at a fixed rate whatever the answers; latency counts from when each
-    request was due, so a stalled server cannot hide its queue (no coordinated omission)."""
-    host, port, seconds, rate = spec["host"], spec["port"], spec["seconds"], spec["rate"]
-    total = int(rate * seconds)
-    bodies = _bodies(spec["events_per_request"], min(total, 4000))
-    tally = Tally()
-    idle: list[Connection] = [await Connection.open(host, port) for _ in range(32)]
-
-    async def send(n: int, due: float) -> None:
-        connection = idle.pop() if idle else await Connection.open(host, port)
-        status, _ = await connection.request(bodies[n % len(bodies)])
-        tally.count(status, (time.perf_counter() - due) * 1000)
-        idle.append(connection)
-
-    elapsed = await paced(total, rate, send)
-    for connection in idle:
-        connection.close()
-    return _summary(tally, elapsed, spec["events_per_request"]) | {"offered_per_s": rate}
 
 
 async def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
@@ -256,76 +244,21 @@ def _produce(
             producer.poll(0.01)
 
 
-def raw_produce(spec: dict[str, Any]) -> dict[str, Any]:
-    """The gateway's messages for requests of ``events_per_request`` events, built before the
-    clock starts and produced straight to Kafka with the gateway's producer settings, as
-    fast as the client goes: the ceiling for the gateway's batch rate."""
-    settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
+def register_sessions(bootstrap: str, topic_prefix: str, session_ids: list[str]) -> None:
+    """Sessions registered straight on Kafka, as the gateway would publish them."""
+    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=topic_prefix)
     builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
+    producer = Producer(settings.kafka_producer_config())
     now = time.time()
-    requests = [
-        builder.events(EventsIn.model_validate(events_json(_id(), spec["events_per_request"])), now)
-        for _ in range(2000)
-    ]
-    per_message = spec["events_per_request"]
-    assert all(len(messages) == 1 for messages in requests), "one message per request"
-    failed = 0
-
-    def delivered(err: Any, _msg: Any) -> None:
-        nonlocal failed
-        if err is not None:
-            failed += 1
-
-    producer = Producer(settings.kafka_producer_config())
-    produced = 0
-    deadline = time.perf_counter() + spec["seconds"]
-    started = time.perf_counter()
-    while time.perf_counter() < deadline:
-        for [message] in requests[produced % len(requests) :][:100]:
-            _produce(producer, message, delivered)
-            produced += 1
-        producer.poll(0)
-    remaining = producer.flush(60)
-    elapsed = time.perf_counter() - started
-    acknowledged = (produced - remaining - failed) * per_message
-    return {
-        "events": acknowledged,
-        "failed_messages": failed + remaining,
-        "seconds": elapsed,
-        "events_per_s": acknowledged / elapsed,
-    }
-
-
-def raw_latency(spec: dict[str, Any]) -> dict[str, Any]:
-    """The gateway's one-event messages produced straight to Kafka at ``rate`` per second,
-    each timed from when it was due to its acknowledgement: the latency floor that the
-    broker itself sets under the gateway's single-event load."""
-    settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
-    builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
-    now, rate = time.time(), spec["rate"]
-    total = int(rate * spec["seconds"])
-    messages = [
-        builder.events(EventsIn.model_validate(events_json(_id(), 1)), now)[0]
-        for _ in range(min(total, 4000))
-    ]
-    tally = Tally()
-    producer = Producer(settings.kafka_producer_config())
-    started = time.perf_counter()
-    for n in range(total):
-        due = started + n / rate
-        while time.perf_counter() < due:
-            producer.poll(0.0005)
-        message = messages[n % len(messages)]
-        producer.produce(
-            message.topic,
-            message.value,
-            message.key,
-            on_delivery=lambda err, _msg, due=due: tally.count(
-                500 if err else 200, (time.perf_counter() - due) * 1000
-            ),
+    for session_id in session_ids:
+        _produce(
+            producer,
+            builder.session(SessionIn.model_validate(session_json(session_id)), now).message,
         )
-    producer.flush(60)
-    return _summary(tally, time.perf_counter() - started, 1) | {"offered_per_s": rate}
+        producer.poll(0)
+    remaining = producer.flush(120)
+    if remaining:
+        raise RuntimeError(f"{remaining} session registrations not acknowledged")
 
 
 def publish_sessions(spec: dict[str, Any]) -> dict[str, Any]:
@@ -366,12 +299,9 @@ def _summary(tally: Tally, elapsed: float, events_per_request: int) -> dict[str,
 
 SCENARIOS = {
     "closed_loop": closed_loop,
-    "open_loop": open_loop,
     "end_to_end": end_to_end,
 }
 SYNC_SCENARIOS = {
-    "raw_produce": raw_produce,
-    "raw_latency": raw_latency,
     "publish_sessions": publish_sessions,
 }
 
