@@ -20,6 +20,8 @@ TEST_CONTROL_SECRET = "test-control-secret"  # noqa: S105 - the tests' own
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from tests.servers import Broker
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -31,6 +33,16 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker = new_broker(tmp_path_factory.mktemp("kafka")).start()
     try:
         yield broker.bootstrap
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of the test alone, for tests that stop and start it again."""
+    broker = new_broker(tmp_path_factory.mktemp("own-kafka")).start()
+    try:
+        yield broker
     finally:
         broker.close()
 

@@ -10,12 +10,15 @@ import signal
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import httpx
-
 from tests.utils.bulk import publish_sessions
 from tests.utils.clients import released_batches
 from tests.utils.payloads import new_id
-from tests.utils.pipeline import Pipeline, eventually, gateway_client
+from tests.utils.pipeline import (
+    Pipeline,
+    eventually,
+    gateway_client,
+    wait_until_both_have_partitions,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,11 +45,7 @@ def test_a_part_written_while_mongodb_is_away_is_retried_until_it_lands(
     first = worker_factory(settings).start()
     second = worker_factory(settings).start()
 
-    def shared() -> bool:
-        owners = httpx.get(f"{first.url}/router/", timeout=5).json()
-        return sum(1 for tables in owners.values() if any(tables.values())) == 2
-
-    eventually(shared, timeout=60)
+    wait_until_both_have_partitions(first)
     leader = eventually(lambda: next((w for w in (first, second) if _leads(w)), None))
     follower = second if leader is first else first
     ids = publish_sessions(settings, sessions=SESSIONS, events_each=2)

@@ -14,7 +14,7 @@ from tests.utils.bulk import publish_sessions
 from tests.utils.clients import Clients, assert_exactly_once, released_batches
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import new_id
-from tests.utils.pipeline import RELEASE_URL, eventually
+from tests.utils.pipeline import RELEASE_URL, eventually, wait_until_both_have_partitions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,18 +27,22 @@ if TYPE_CHECKING:
 
 def _release(gateway_url: str, settings: Settings) -> dict[str, object]:
     """Release through the gateway and wait until the batch is complete."""
-    headers = internal_auth_headers(settings)
     answer = httpx.post(
-        f"{gateway_url}{RELEASE_URL}", json={"release_id": new_id()}, headers=headers, timeout=120
+        f"{gateway_url}{RELEASE_URL}",
+        json={"release_id": new_id()},
+        headers=internal_auth_headers(settings),
+        timeout=120,
     )
     assert answer.status_code in (200, 202), answer.text
-    batch_id = answer.json()["batch_id"]
+    return _wait_released(gateway_url, settings, answer.json()["batch_id"])
 
+
+def _wait_released(gateway_url: str, settings: Settings, batch_id: str) -> dict[str, object]:
     def released() -> dict[str, object] | None:
         batch = httpx.get(
             f"{gateway_url}/api/v1/clickstream/internal/batch",
             params={"batch_id": batch_id},
-            headers=headers,
+            headers=internal_auth_headers(settings),
             timeout=30,
         ).json()
         return batch if batch["status"] == "released" else None
@@ -85,11 +89,7 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
 
-    def shared() -> bool:
-        owners = httpx.get(f"{first.url}/router/", timeout=5).json()
-        return sum(1 for tables in owners.values() if any(tables.values())) == 2
-
-    eventually(shared, timeout=60)
+    wait_until_both_have_partitions(first)
     ids = publish_sessions(stream_settings, sessions=6000, events_each=2)
     gateway = gateway_factory(
         stream_settings, [first, second], CLICKSTREAM_RELEASE_WAIT_SECONDS="0.2"
@@ -104,16 +104,7 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
 
     restarted = worker_factory(stream_settings, restarting=second).start()
 
-    def complete() -> bool:
-        batch = httpx.get(
-            f"{gateway.address}/api/v1/clickstream/internal/batch",
-            params={"batch_id": batch_id},
-            headers=headers,
-            timeout=30,
-        ).json()
-        return batch["status"] == "released"
-
-    eventually(complete, timeout=180)
+    _wait_released(gateway.address, stream_settings, batch_id)
     [sessions] = released_batches(stream_settings).values()
     counted = Counter(s["session_id"] for s in sessions)
     assert set(counted) == set(ids), "no session missing"

@@ -21,7 +21,6 @@ from tests.utils.payloads import events_body, session_body
 from tests.utils.pipeline import EVENTS_URL, SESSION_URL, eventually
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from schemas import AvroCodec
@@ -33,16 +32,6 @@ CLIENTS = 4
 # moments: the producer's next sequence numbers are then out of order, a fatal error.
 MAX_RESTARTS = 10
 TIMEOUT = 2.0
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    """A broker of this test alone, since the test stops it."""
-    broker = LocalBroker(tmp_path / "kafka").start()
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def test_a_fatal_producer_error_is_survived(

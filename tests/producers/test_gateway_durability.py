@@ -5,35 +5,22 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import pytest
 from fastapi.testclient import TestClient
 
 from clickstream.settings import Settings
 from deploy.kafka_topics import ensure_topics
 from producers.gateway import create_app
 from schemas import Topics
-from tests.servers import new_broker
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import events_body, session_body
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from schemas import AvroCodec
     from tests.servers import Broker
 
 TIMEOUT = 2.0
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker of this test alone, since the test stops it."""
-    broker = new_broker(tmp_path).start()
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def test_broker_down_gives_503_then_a_retry_is_accepted(

@@ -12,7 +12,13 @@ from schemas import Topics
 from tests.utils.bulk import publish_sessions
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import event_body, new_id, session_body
-from tests.utils.pipeline import RELEASE_URL, Pipeline, eventually, gateway_client
+from tests.utils.pipeline import (
+    RELEASE_URL,
+    Pipeline,
+    eventually,
+    gateway_client,
+    wait_until_both_have_partitions,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -115,12 +121,7 @@ def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_stop
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
 
-    def shared() -> bool:
-        owners = httpx.get(f"{first.url}/router/", timeout=5).json()
-        active = {url: tables for url, tables in owners.items() if any(tables.values())}
-        return len(active) == 2
-
-    eventually(shared, timeout=60)
+    wait_until_both_have_partitions(first)
     sessions = [session_body() for _ in range(30)]
     with gateway_client(stream_settings, [first, second]) as gateway:
         pipeline = Pipeline(stream_settings, gateway, [first, second])

@@ -47,7 +47,7 @@ class Acknowledged:
 
 
 class Clients:
-    """``count`` client threads against ``url``, each registering sessions and posting
+    """``count`` client threads against ``target``, each registering sessions and posting
     ``requests_per_session`` requests of ``events_per_request`` events to each, until
     ``stop()`` or ``max_sessions`` sessions per client (a bound on the load), at most
     ``requests_per_second`` requests a second in all when given.
@@ -58,7 +58,7 @@ class Clients:
 
     def __init__(
         self,
-        url: str,
+        target: str | httpx.Client,
         *,
         count: int = 4,
         events_per_request: int = 5,
@@ -69,7 +69,9 @@ class Clients:
         requests_per_second: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        # A gateway's URL (each client thread opens connections of its own), or a client to
+        # share, such as the in-process gateway's TestClient.
+        self._target = target.rstrip("/") if isinstance(target, str) else target
         self.acknowledged = Acknowledged()
         self._count = count
         self._events_per_request = events_per_request
@@ -115,13 +117,19 @@ class Clients:
 
     def _run(self) -> None:
         try:
-            with httpx.Client(base_url=self.url, timeout=30, headers=self._headers) as http:
-                for _ in range(self._max_sessions):
-                    if self._stopping.is_set():
-                        return
-                    self._one_session(http)
+            if isinstance(self._target, httpx.Client):
+                self._sessions(self._target)
+                return
+            with httpx.Client(base_url=self._target, timeout=30, headers=self._headers) as http:
+                self._sessions(http)
         except BaseException as exc:  # noqa: BLE001 - handed to the test by stop()
             self.errors.append(exc)
+
+    def _sessions(self, http: httpx.Client) -> None:
+        for _ in range(self._max_sessions):
+            if self._stopping.is_set():
+                return
+            self._one_session(http)
 
     def _one_session(self, http: httpx.Client) -> None:
         session = session_body()

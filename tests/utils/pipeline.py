@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from clickstream.credentials import internal_auth_headers
@@ -85,6 +86,17 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float 
             if time.monotonic() > deadline:
                 raise AssertionError(f"still {result!r} after {timeout} s")
         time.sleep(interval)
+
+
+def wait_until_both_have_partitions(first: Worker, timeout: float = 60.0) -> None:
+    """Until two workers each own partitions, as ``first``'s router page shows (the
+    settings need ``worker_web_router``)."""
+
+    def shared() -> bool:
+        owners = httpx.get(f"{first.url}/router/", timeout=5).json()
+        return sum(1 for tables in owners.values() if any(tables.values())) == 2
+
+    eventually(shared, timeout)
 
 
 class Pipeline:
