@@ -345,6 +345,15 @@ class BatchStore:
                 ordered=False,
             )
 
+    def part_sessions(self, batch_id: ObjectId, partition: int) -> list[dict[str, Any]]:
+        """The session ids and event counts one partition wrote into a batch."""
+        return list(
+            self.sessions.find(
+                {"batch_id": batch_id, "partition": partition},
+                {"_id": 0, "session_id": 1, "event_count": 1},
+            )
+        )
+
     def latest_session(self, session_id: str) -> dict[str, Any] | None:
         """The session's copy in its latest batch (batch ids grow with time), without its
         events; None if it was never released."""

@@ -95,6 +95,7 @@ class JoinAgent:
         # Derived from the tables, never changelogged; dropped on every rebalance.
         self._index: dict[int, set[str]] | None = None
         self._known_ids: OrderedDict[str, set[str]] = OrderedDict()
+        self._checked: set[str] = set()  # entries found true to their pieces
         self._handlers: dict[tuple[str, str], Handler] = {
             (names.sessions, "clickstream.SessionRegistered"): self._on_registered,
             (names.sessions, "clickstream.SessionMarkedIrrelevant"): self._on_irrelevant,
@@ -118,6 +119,7 @@ class JoinAgent:
         """Partitions moved: what is derived from the tables is built again when needed."""
         self._index = None
         self._known_ids.clear()
+        self._checked.clear()
 
     async def _handle(self, event: Event) -> None:
         message = event.message
@@ -148,8 +150,26 @@ class JoinAgent:
     # -- the tables ---------------------------------------------------------------------
 
     def _entry(self, session_id: str, partition: int) -> join.SessionEntry:
-        entry = self._sessions.get(session_id)
+        entry = self._stored_entry(session_id)
         return join.new_entry(session_id, partition) if entry is None else entry
+
+    def _stored_entry(self, session_id: str) -> join.SessionEntry | None:
+        """The session's entry, checked against its pieces once per rebalance (after a
+        crash, one of the two may lack a write the other has)."""
+        entry = self._sessions.get(session_id)
+        if entry is None or session_id in self._checked:
+            return entry
+        true = join.reconciled(entry, self._piece_reader(session_id))
+        if true is not entry:
+            logger.warning(
+                "session entry recounted from its pieces session=%s events=%s->%s",
+                session_id,
+                entry["event_count"],
+                true["event_count"],
+            )
+            self._put_entry(true)
+        self._checked.add(session_id)
+        return true
 
     def _piece_reader(self, session_id: str) -> Callable[[int], join.EventPiece | None]:
         return lambda index: self._pieces.get(join.piece_key(session_id, index))
@@ -165,6 +185,7 @@ class JoinAgent:
             self._pieces.pop(join.piece_key(session_id, index), None)
         del self._sessions[session_id]
         self._known_ids.pop(session_id, None)
+        self._checked.discard(session_id)
         if self._index is not None:
             self._index.get(entry["partition"], set()).discard(session_id)
 
@@ -175,7 +196,7 @@ class JoinAgent:
             for session_id, entry in self._sessions.items():
                 index.setdefault(entry["partition"], set()).add(session_id)
             self._index = index
-        entries = (self._sessions.get(sid) for sid in self._index.get(partition, ()))
+        entries = (self._stored_entry(sid) for sid in list(self._index.get(partition, ())))
         return [entry for entry in entries if entry is not None]
 
     def _known(self, entry: join.SessionEntry) -> set[str]:
@@ -224,7 +245,7 @@ class JoinAgent:
         self, session_id: str, events: list[dict[str, Any]], received_at_ms: int, event: Event
     ) -> None:
         partition, offset = event.message.partition, event.message.offset
-        entry = self._sessions.get(session_id)
+        entry = self._stored_entry(session_id)
         if entry is None:
             entry = await self._revive(session_id, partition, received_at_ms)
         last_piece = None
@@ -260,7 +281,7 @@ class JoinAgent:
         return join.revived_entry(session_id, partition, released, received_at_ms)
 
     async def _on_irrelevant(self, record: dict[str, Any], event: Event) -> None:
-        entry = self._sessions.get(record["session_id"])
+        entry = self._stored_entry(record["session_id"])
         if entry is None or entry["registration"] is None:
             await self._dead_letter(
                 event,
@@ -337,8 +358,10 @@ class JoinAgent:
             return
         assert cut is not None  # noqa: S101 - COMPLETE and REPLAY carry one
         if outcome is releases.MarkerOutcome.REPLAY:
-            # Written before: the coordinator asks again (a lost report, or a healing
-            # release), so report the same counts again.
+            # Written before: replayed after a crash, or the coordinator asks again (a lost
+            # report, a healing release). Marks the crash lost are made again from what
+            # MongoDB holds, and the same counts are reported again.
+            await self._repair_marks(state, cut, partition)
             await self._report(cut, partition, {name: cut[name] for name in _COUNTS})
             return
         selection = releases.select(cut, self._partition_entries(partition), self._count_before)
@@ -351,6 +374,27 @@ class JoinAgent:
         self._partitions[key] = releases.record_release(
             state, cut, counts, self._settings.release_history
         )
+
+    async def _repair_marks(
+        self, state: releases.PartitionReleases, cut: releases.CompletedCut, partition: int
+    ) -> None:
+        part = await asyncio.to_thread(
+            self._store.part_sessions, ObjectId(cut["batch_id"]), partition
+        )
+        repaired = 0
+        for doc in part:
+            entry = self._stored_entry(doc["session_id"])
+            marked = entry and releases.repaired_mark(state, cut, entry, doc["event_count"])
+            if marked:
+                self._put_entry(marked)
+                repaired += 1
+        if repaired:
+            logger.warning(
+                "release marks made again batch=%s partition=%s sessions=%s",
+                cut["batch_id"],
+                partition,
+                repaired,
+            )
 
     async def _write_part(
         self, cut: releases.Cut, selection: releases.Selection, partition: int

@@ -217,6 +217,41 @@ def count_before(
     return count
 
 
+def reconciled(entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]) -> SessionEntry:
+    """The entry as its pieces say it is: what it counts of them, made true again.
+
+    The entry and the pieces are two tables, so two changelogs: a worker killed between
+    the two writes of one message may come back with one but not the other. The pieces
+    are the truth (a replayed message appends only what they lack): the entry's summary
+    is recounted from them. Returns ``entry`` itself when it was right.
+    """
+    count, size, index = 0, 0, 0
+    last_offset: int | None = None
+    last_received = 0
+    while (piece := read_piece(index)) is not None:
+        events = piece["events"]
+        count += len(events)
+        if events:
+            last_offset = events[-1]["offset"]
+            last_received = events[-1]["received_at_ms"]
+        size = sum(event_size(event) for event in events)
+        index += 1
+    if (count, index, last_offset) == (
+        entry["event_count"],
+        entry["piece_count"],
+        entry["last_event_offset"],
+    ):
+        return entry
+    return {
+        **entry,
+        "event_count": count,
+        "piece_count": index,
+        "last_piece_bytes": size,
+        "last_event_offset": last_offset,
+        "last_active_ms": max(entry["last_active_ms"], last_received),
+    }
+
+
 def mark_irrelevant(entry: SessionEntry, offset: int) -> SessionEntry | None:
     """Apply a SessionMarkedIrrelevant record; None if already marked."""
     if entry["irrelevant_offset"] is not None:

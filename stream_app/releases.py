@@ -179,6 +179,32 @@ def mark_released(cut: Cut, item: Included) -> SessionEntry | None:
     }
 
 
+def repaired_mark(
+    state: PartitionReleases, cut: CompletedCut, entry: SessionEntry, event_count: int
+) -> SessionEntry | None:
+    """A session MongoDB holds in the part of ``cut``, its entry not saying so: the mark
+    was written to the table after the part, and a crash lost it. The entry with the mark
+    made again; None when it has it, or is marked by a later release already."""
+    released = entry["released"]
+    if released is not None:
+        if released["batch_id"] == cut["batch_id"]:
+            return None
+        order = [completed["batch_id"] for completed in state["releases"]]
+        if released["batch_id"] in order and order.index(released["batch_id"]) > order.index(
+            cut["batch_id"]
+        ):
+            return None
+    return {
+        **entry,
+        "released": {
+            "batch_id": cut["batch_id"],
+            "event_count": event_count,
+            "previous_batch_id": released["batch_id"] if released else None,
+            "previous_event_count": released["event_count"] if released else 0,
+        },
+    }
+
+
 def record_release(
     state: PartitionReleases, cut: Cut, counts: dict[str, int], history: int
 ) -> PartitionReleases:

@@ -329,3 +329,43 @@ def test_registration_rules() -> None:
     assert join.conflicting_fields(registered, {**record, "user_id": "other"}) == ["user_id"]
     assert registered["registration"]["offset"] == 3
     assert entry["registration"] is None, "the given entry is left as it was"
+
+
+def test_an_entry_that_lost_a_write_its_pieces_have_is_recounted_from_them() -> None:
+    partition = Partition()
+    partition.register("s", 0)
+    partition.add("s", 1, "a", "b")
+    before_crash = partition.entries["s"]
+    partition.add("s", 2, "c")  # the crash keeps this piece write, loses the entry's
+
+    recounted = join.reconciled(before_crash, partition.reader("s"))
+
+    assert recounted["event_count"] == 3
+    assert recounted["last_event_offset"] == 2
+    assert join.reconciled(recounted, partition.reader("s")) is recounted, "true: as it is"
+    partition.entries["s"] = recounted
+    assert partition.add("s", 2, "c") == 0, "the replayed message adds nothing"
+    cut, selection = partition.cut(sessions_offset=3, events_offset=5)
+    [doc] = partition.documents(cut, selection)
+    assert [e["event_id"] for e in doc["events"]] == ["a", "b", "c"], "none of them lost"
+
+
+def test_a_release_mark_lost_in_a_crash_is_made_again_unless_a_later_one_came() -> None:
+    partition = Partition()
+    partition.register("s", 0)
+    partition.add("s", 1, "a")
+    cut, selection = partition.cut(sessions_offset=3, events_offset=5)
+    unmarked = partition.entries["s"]
+    partition.complete(cut, selection)
+    [completed] = partition.state["releases"]
+
+    again = releases.repaired_mark(partition.state, completed, unmarked, 1)
+
+    assert again is not None
+    assert again["released"] == partition.entries["s"]["released"]
+    assert releases.repaired_mark(partition.state, completed, again, 1) is None
+    partition.add("s", 7, "b")
+    second_cut, second = partition.cut(sessions_offset=4, events_offset=9, batch_id=BATCH_2)
+    partition.complete(second_cut, second)
+    later = partition.entries["s"]
+    assert releases.repaired_mark(partition.state, completed, later, 1) is None
