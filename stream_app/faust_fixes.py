@@ -112,6 +112,9 @@ FINGERPRINTS: dict[str, dict[str, str]] = {
         "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.on_thread_stop": (
             "8dfc004e258b6c25"
         ),
+        # Where the objects StreamApp.on_stop reaches (_thread._consumer._coordinator) are made.
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.on_start": "38b4e8bd1e10723a",
+        "aiokafka.consumer.consumer:AIOKafkaConsumer.start": "2f1ba70443327538",
     },
 }
 
