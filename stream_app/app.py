@@ -10,7 +10,11 @@ import faust
 from schemas import AvroCodec, Topics
 from stream_app.agent import JoinAgent
 from stream_app.failures import FailurePolicy
-from stream_app.faust_fixes import FixedTransport, back_off_empty_fetches, check_faust_internals
+from stream_app.faust_fixes import (
+    FixedTransport,
+    back_off_empty_fetches,
+    check_faust_internals,
+)
 from stream_app.metrics import attach_metrics
 from stream_app.session_view import attach_session_view
 from stream_app.tables import declare_tables
