@@ -8,9 +8,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeGuard
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from clickstream.batch_store import Batch, BatchStore, parse_batch_id
 from clickstream.settings import Settings, get_settings
@@ -19,6 +19,8 @@ from schemas import AvroCodec, MalformedMessageError, Topics
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
+
+    from confluent_kafka import Message
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class BatchReader:
         try:
             while True:
                 message = consumer.poll(0.5)
-                if message is None or message.error():
+                if not _has_record(message):
                     if (
                         idle_timeout is not None
                         and time.monotonic() - last_message_at > idle_timeout
@@ -161,11 +163,12 @@ class BatchReader:
             consumer.assign([TopicPartition(topic.topic, 0, OFFSET_BEGINNING)])
             while deadline is None or time.monotonic() < deadline:
                 message = consumer.poll(0.5)
-                if message is None or message.error():
+                if not _has_record(message):
                     continue
                 try:
                     decoded = self._avro.decode(message.value() or b"")
-                except MalformedMessageError:
+                except MalformedMessageError as exc:
+                    logger.warning("undecodable message on the batch topic skipped error=%s", exc)
                     continue
                 record = decoded.record
                 if record.get("release_id") != release_id:
@@ -242,3 +245,17 @@ def _answer(record: dict[str, Any], *, released: bool) -> ReleaseAnswer:
         requested_at_ms=record["requested_at_ms"],
         answered_at_ms=record["answered_at_ms"],
     )
+
+
+def _has_record(message: Message | None) -> TypeGuard[Message]:
+    """Whether a poll brought a record. An error the client recovers from itself is logged;
+    a fatal one raises."""
+    if message is None:
+        return False
+    error = message.error()
+    if error is None:
+        return True
+    if error.fatal():
+        raise KafkaException(error)
+    logger.warning("batch topic consume error=%s", error)
+    return False

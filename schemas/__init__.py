@@ -5,7 +5,12 @@ so each message has exactly one definition: its ``.avsc`` file.
 """
 
 from schemas.codec import AvroCodec, Decoded
-from schemas.exceptions import MalformedMessageError, SchemaError, UnknownSchemaError
+from schemas.exceptions import (
+    MalformedMessageError,
+    RecordMismatchError,
+    SchemaError,
+    UnknownSchemaError,
+)
 from schemas.json_text import from_json_text, to_json_text
 from schemas.topics import Topics
 
@@ -13,6 +18,7 @@ __all__ = [
     "AvroCodec",
     "Decoded",
     "MalformedMessageError",
+    "RecordMismatchError",
     "SchemaError",
     "Topics",
     "UnknownSchemaError",

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import load_schema
 
-from schemas.exceptions import MalformedMessageError, SchemaSetupError, UnknownSchemaError
+from schemas.exceptions import (
+    MalformedMessageError,
+    RecordMismatchError,
+    SchemaSetupError,
+    UnknownSchemaError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -71,14 +76,18 @@ class AvroCodec:
         return self._by_name[name][0]
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
-        """Encode ``record`` with the schema ``name``; raises ValueError if it does not fit."""
+        """Encode ``record`` with the schema ``name``; raises :class:`RecordMismatchError`
+        if it does not fit."""
         try:
             schema_id, parsed = self._by_name[name]
         except KeyError:
             raise SchemaSetupError(f"no schema named {name}") from None
         out = io.BytesIO()
         out.write(_HEADER.pack(MAGIC_BYTE, schema_id))
-        schemaless_writer(out, parsed, record)
+        try:
+            schemaless_writer(out, parsed, record)
+        except (ValueError, TypeError) as exc:  # fastavro raises either, by field type
+            raise RecordMismatchError(f"record does not fit {name}: {exc}") from exc
         return out.getvalue()
 
     def decode(self, data: bytes) -> Decoded:

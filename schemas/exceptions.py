@@ -17,3 +17,7 @@ class MalformedMessageError(SchemaError, ValueError):
 
 class UnknownSchemaError(MalformedMessageError):
     """A message written with a schema id this codec does not know."""
+
+
+class RecordMismatchError(SchemaError, ValueError):
+    """A record that does not fit the schema it is encoded with."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -10,11 +11,10 @@ from schemas import AvroCodec, Topics
 from stream_app.agent import JoinAgent
 from stream_app.failures import FailurePolicy
 from stream_app.faust_fixes import (
+    FixedTransport,
     back_off_empty_fetches,
     bound_leave_group,
-    flush_buffer_completely,
-    never_pause_on_full_buffer,
-    take_every_fetched_message,
+    check_faust_internals,
 )
 from stream_app.kafka_security import faust_kafka_security
 from stream_app.metrics import attach_metrics
@@ -23,11 +23,12 @@ from stream_app.tables import declare_tables
 from stream_app.topics import declare_topics
 
 if TYPE_CHECKING:
-    from faust.types import ConsumerT, ProducerT
+    from faust.types import TransportT
 
     from clickstream.batch_store import BatchStore
     from clickstream.settings import Settings
 
+logger = logging.getLogger(__name__)
 _LEAVE_GROUP_SECONDS = 1.5
 
 
@@ -42,20 +43,20 @@ class StreamApp(faust.App):
     partitions move at once (as Kafka Streams' ``close(leaveGroup=true)``).
     """
 
-    def _new_consumer(self) -> ConsumerT:
-        return never_pause_on_full_buffer(take_every_fetched_message(super()._new_consumer()))
-
-    def _new_producer(self) -> ProducerT:
-        return flush_buffer_completely(super()._new_producer())
+    def _new_transport(self) -> TransportT:
+        return FixedTransport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
+        # aiokafka leaves only as a dynamic member (faust_fixes, fix 5; checked at start-up).
         coordinator = getattr(
             getattr(getattr(self.consumer, "_thread", None), "_consumer", None),
             "_coordinator",
             None,
         )
         if coordinator is not None:
-            coordinator._group_instance_id = None  # aiokafka leaves only dynamic members
+            coordinator._group_instance_id = None
+        else:  # never started, or aiokafka's objects were renamed
+            logger.warning("consumer group not left on stop: no aiokafka coordinator found")
         bound_leave_group(_LEAVE_GROUP_SECONDS)  # a paused broker must not hold the stop
         await super().on_stop()
 
@@ -67,7 +68,11 @@ def create_app(
     failures: FailurePolicy | None = None,
 ) -> faust.App:
     """The faust app of one worker. Workers of a deployment share its consumer group
-    (``<prefix>stream``) and split the partitions between them."""
+    (``<prefix>stream``) and split the partitions between them.
+
+    Raises :class:`~stream_app.faust_fixes.FaustInternalsChangedError` if faust or aiokafka
+    is not the code ``faust_fixes`` was written for."""
+    check_faust_internals()
     avro = avro or AvroCodec()
     back_off_empty_fetches(settings.worker_empty_fetch_backoff_seconds)
     names = Topics(settings.topic_prefix)

@@ -147,7 +147,7 @@ class ReleaseCoordinator:
                 # poll returns as soon as a message is there; then take what else is.
                 first = consumer.poll(0.2)
                 messages = [first, *consumer.consume(99, timeout=0)] if first else []
-                ready = [m for m in messages if not m.error()]
+                ready = _without_errors(messages)
                 if ready:
                     self._process(consumer, plain, producer, ready)
         finally:
@@ -413,3 +413,18 @@ class ReleaseCoordinator:
         for partition in range(self._settings.topic_partitions):
             plain.produce(self._names.sessions, tick, partition=partition, headers=signed)
         plain.poll(0)
+
+
+def _without_errors(messages: list[Message]) -> list[Message]:
+    """The messages that carry a record. An error the client recovers from itself is logged;
+    a fatal one raises, and coordination starts again with a new consumer."""
+    ready = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            ready.append(message)
+        elif error.fatal():
+            raise KafkaException(error)
+        else:
+            logger.warning("release coordinator consume error=%s", error)
+    return ready

@@ -10,6 +10,7 @@ import pytest
 from schemas import (
     AvroCodec,
     MalformedMessageError,
+    RecordMismatchError,
     UnknownSchemaError,
     from_json_text,
     to_json_text,
@@ -71,9 +72,18 @@ def test_trailing_bytes_are_refused(codec: AvroCodec) -> None:
         codec.decode(codec.encode("clickstream.SessionEvent", EVENT) + b"\x00")
 
 
-def test_record_that_does_not_fit_the_schema_is_refused(codec: AvroCodec) -> None:
-    with pytest.raises((ValueError, TypeError)):
-        codec.encode("clickstream.SessionEvent", {**EVENT, "created_at": "yesterday"})
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("created_at", "yesterday"), ("event_type", None), ("event_id", 7)],
+    ids=["string for a long", "null for a string", "int for a string"],
+)
+def test_record_that_does_not_fit_the_schema_is_refused(
+    codec: AvroCodec, field: str, value: object
+) -> None:
+    with pytest.raises(
+        RecordMismatchError, match=f"record does not fit clickstream.SessionEvent.*{field}"
+    ):
+        codec.encode("clickstream.SessionEvent", {**EVENT, field: value})
 
 
 def test_json_text_round_trips_losslessly() -> None:
