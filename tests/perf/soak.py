@@ -225,12 +225,20 @@ class Soak:
         while True:
             try:
                 answer = httpx.post(
-                    f"{url}{RELEASE_PATH}", json={"release_id": release_id}, timeout=60
+                    f"{url}{RELEASE_PATH}",
+                    json={"release_id": release_id},
+                    headers=self.headers,
+                    timeout=60,
                 )
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                logger.info("release not answered error=%r, retrying", exc)
                 answer = None
             if answer is not None and answer.status_code in (200, 202, 404):
                 break
+            if answer is not None:
+                if answer.status_code != 503:  # only Kafka or the coordinator away: retry
+                    raise RuntimeError(f"release refused: {answer.status_code} {answer.text}")
+                logger.info("release answered 503, retrying")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"release {release_id} never accepted")
             time.sleep(1)
