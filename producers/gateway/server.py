@@ -84,6 +84,7 @@ class DrainingServer(uvicorn.Server):
         self._on_exit_signal = on_exit_signal
         self._drain_ends: float | None = None
         self._drain_signal = signal.SIGTERM
+        self._drain_logged = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: it only sets flags (no logging, which takes locks).
@@ -99,11 +100,12 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        if (
-            self._drain_ends is not None
-            and not self.should_exit
-            and time.monotonic() >= self._drain_ends
-        ):
-            logger.info("drained, stopping drain_seconds=%s", self._drain_seconds)
-            super().handle_exit(self._drain_signal, None)
+        if self._drain_ends is not None and not self.should_exit:
+            if not self._drain_logged:
+                self._drain_logged = True
+                logger.info(
+                    "draining signal=%s seconds=%s", self._drain_signal.name, self._drain_seconds
+                )
+            if time.monotonic() >= self._drain_ends:
+                super().handle_exit(self._drain_signal, None)
         return await super().on_tick(counter)
