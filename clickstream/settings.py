@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # Processes serving the API, sharing the port.
     http_workers: int = Field(default=1, ge=1)
     http_access_log: bool = False
+    # On SIGTERM the gateway answers /ready 503 and keeps serving this long, so that load
+    # balancers stop sending before it stops listening. With the in-flight wait it shares
+    # 5 s (at most 4 here keeps the whole stop within 10 s). 0: no delay.
+    drain_seconds: float = Field(default=2.0, ge=0, le=30)
 
     # Where the local servers keep data, pids and logs, so a restart keeps what was accepted.
     data_dir: Path = Path(".clickstream")

@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from producers.gateway.deps import GatewayDep
+from producers.gateway.drain import is_draining
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +22,20 @@ async def health() -> dict[str, str]:
 
 @router.get(
     "/ready",
-    responses={503: {"description": "Kafka is not reachable, or no producer can publish"}},
+    responses={
+        503: {
+            "description": "Kafka is not reachable, no producer can publish, or the gateway "
+            "is draining (stopping on SIGTERM)"
+        }
+    },
 )
 async def ready(gateway: GatewayDep) -> JSONResponse:
     """A producer can publish: Kafka is reachable, has the topics the gateway writes, and the
     producer has not failed for good (it is being replaced). With
-    ``CLICKSTREAM_READY_REQUIRES_WORKER`` a stream worker must be ready too."""
+    ``CLICKSTREAM_READY_REQUIRES_WORKER`` a stream worker must be ready too. Not ready
+    either once SIGTERM came: the gateway is draining."""
+    if is_draining():
+        return JSONResponse(status_code=503, content={"status": "draining"})
     detail = gateway.publisher.unavailable()
     if detail is None:
         try:
