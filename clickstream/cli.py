@@ -32,7 +32,7 @@ def _fail(exc: Exception) -> None:
 def run() -> None:
     """Run everything on this machine: local servers (unless CLICKSTREAM_KAFKA_BOOTSTRAP and
     CLICKSTREAM_MONGODB_URI name external ones), topics, and the API in the foreground."""
-    from deploy.local_run import run_locally  # noqa: PLC0415 - keeps other commands light
+    from deploy.local.run import run_locally  # noqa: PLC0415 - keeps other commands light
 
     configure_logging()
     try:

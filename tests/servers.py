@@ -10,7 +10,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Self
 
-from deploy.local_servers import LocalKafka, LocalMongo, free_port
+from deploy.local.servers import LocalKafka, LocalMongo, free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from clickstream.batch_store import BatchStore
 from consumers.batch_export import export_batch
-from deploy.local_servers import LocalGateway
+from deploy.local.servers import LocalGateway
 from tests.utils.payloads import event_body, new_id, session_body
 
 if TYPE_CHECKING:

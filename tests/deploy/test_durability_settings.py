@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 
 from clickstream.batch_store import BatchStore
 from deploy.kafka_topics import min_insync_replicas
-from deploy.local_servers import LocalKafka, LocalServer
+from deploy.local.servers import LocalKafka, LocalServer
 from schemas import Topics
 from tests.utils.pipeline import eventually
 
@@ -92,7 +92,7 @@ def test_the_broker_is_never_sigkilled_other_servers_are_after_their_stop_timeou
     assert process is not None
     stopping = threading.Thread(target=server.stop)
     try:
-        with caplog.at_level(logging.WARNING, logger="deploy.local_servers"):
+        with caplog.at_level(logging.WARNING, logger="deploy.local.servers"):
             stopping.start()
             if killed:
                 stopping.join(30)

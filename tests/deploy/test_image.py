@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from deploy.local_servers import LocalGateway, free_port
+from deploy.local.servers import LocalGateway, free_port
 from producers.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 from pymongo import MongoClient
 
-from deploy.local_servers import LocalKafka, LocalMongo, LocalServerError, free_port, is_running
+from deploy.local.servers import LocalKafka, LocalMongo, LocalServerError, free_port, is_running
 from tests.servers import USE_DOCKER
 from tests.utils.kafka import TopicReader
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from deploy.local_servers import free_port, is_running
+from deploy.local.servers import free_port, is_running
 from schemas import Topics
 from tests.servers import USE_DOCKER
 from tests.utils.kafka import TopicReader

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from deploy.local_servers import free_port
+from deploy.local.servers import free_port
 from tests.deploy.test_run_command import Run
 from tests.servers import USE_DOCKER
 from tests.utils.payloads import events_body, session_body

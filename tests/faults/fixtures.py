@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from deploy.local_servers import LocalGateway, LocalMongo, free_port
+from deploy.local.servers import LocalGateway, LocalMongo, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

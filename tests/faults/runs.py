@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from deploy.local_servers import free_port
+from deploy.local.servers import free_port
 from tests.utils.pipeline import eventually
 
 if TYPE_CHECKING:

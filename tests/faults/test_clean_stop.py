@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from deploy.local_servers import LocalGateway, is_running
+from deploy.local.servers import LocalGateway, is_running
 from tests.faults.runs import Run, internal_headers
 from tests.servers import USE_DOCKER, LocalBroker, LocalDatabase
 from tests.utils.pipeline import Worker

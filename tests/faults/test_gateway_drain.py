@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from deploy.local_servers import is_running
+from deploy.local.servers import is_running
 from schemas import AvroCodec, Topics
 from tests.utils.clients import Clients
 from tests.utils.kafka import TopicReader
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clickstream.settings import Settings
-    from deploy.local_servers import LocalGateway
+    from deploy.local.servers import LocalGateway
 
 STOP_BOUND_SECONDS = 10.0
 DRAIN_SECONDS = 3.0

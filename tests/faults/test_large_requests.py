@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from deploy.local_servers import is_running
+from deploy.local.servers import is_running
 from tests.utils.payloads import event_body, new_id, session_body
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clickstream.settings import Settings
-    from deploy.local_servers import LocalMongo
+    from deploy.local.servers import LocalMongo
     from tests.utils.pipeline import Worker
 
 SESSIONS = 600

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clickstream.settings import Settings
-    from deploy.local_servers import LocalGateway
+    from deploy.local.servers import LocalGateway
     from schemas import AvroCodec
     from tests.utils.pipeline import Worker
 

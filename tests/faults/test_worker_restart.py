@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from deploy.local_servers import is_running
+from deploy.local.servers import is_running
 from tests.faults.runs import Run
 from tests.servers import USE_DOCKER
 from tests.utils.pipeline import eventually

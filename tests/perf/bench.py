@@ -54,7 +54,7 @@ from pymongo import MongoClient
 from clickstream.log import configure_logging
 from clickstream.settings import Settings
 from deploy.kafka_topics import ensure_topics
-from deploy.local_servers import (
+from deploy.local.servers import (
     LOOPBACK,
     LocalGateway,
     LocalHttpProcess,

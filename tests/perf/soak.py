@@ -35,7 +35,7 @@ from clickstream.credentials import internal_auth_headers
 from clickstream.log import configure_logging
 from clickstream.settings import Settings
 from deploy.kafka_topics import ensure_topics
-from deploy.local_servers import LocalGateway, LocalKafka, LocalMongo, LocalWorker, free_port
+from deploy.local.servers import LocalGateway, LocalKafka, LocalMongo, LocalWorker, free_port
 from tests.perf.bench import machine, rss_mb
 from tests.utils.clients import Clients, assert_exactly_once, released_batches
 from tests.utils.payloads import new_id

@@ -22,7 +22,7 @@ import schemathesis
 
 from clickstream.settings import Settings
 from deploy.kafka_topics import ensure_topics
-from deploy.local_servers import LocalGateway
+from deploy.local.servers import LocalGateway
 from schemas import AvroCodec, Topics
 from tests.fixtures import TEST_CONTROL_SECRET, TEST_INTERNAL_TOKEN
 from tests.utils.kafka import TopicReader

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from clickstream.settings import Settings
-from deploy.local_servers import LocalGateway, free_port
+from deploy.local.servers import LocalGateway, free_port
 from producers.gateway import create_app
 from tests.utils.payloads import events_body, session_body
 

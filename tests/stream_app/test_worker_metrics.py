@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clickstream.settings import Settings
-    from deploy.local_servers import LocalMongo
+    from deploy.local.servers import LocalMongo
     from tests.utils.pipeline import Worker
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/clickstream.json"

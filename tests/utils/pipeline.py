@@ -10,7 +10,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from clickstream.credentials import internal_auth_headers
-from deploy.local_servers import LocalWorker, free_port
+from deploy.local.servers import LocalWorker, free_port
 from producers.gateway import create_app
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from clickstream.credentials import CONTROL_SECRET_FILE, INTERNAL_TOKEN_FILE, local_secret, redacted
 from clickstream.settings import Settings, get_settings
 from deploy.kafka_topics import ensure_topics
-from deploy.local_servers import LocalServerError, LocalWorker, local_servers, port_in_use
+from deploy.local.servers import LocalServerError, LocalWorker, local_servers, port_in_use
 from producers.gateway.server import serve
 
 if TYPE_CHECKING:
