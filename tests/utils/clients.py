@@ -40,10 +40,12 @@ class Acknowledged:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def event_count(self) -> int:
-        return sum(len(ids) for ids in self.events.values())
+        with self._lock:  # the client threads add to it meanwhile
+            return sum(len(ids) for ids in self.events.values())
 
     def pairs(self) -> set[tuple[str, str]]:
-        return {(sid, eid) for sid, ids in self.events.items() for eid in ids}
+        with self._lock:
+            return {(sid, eid) for sid, ids in self.events.items() for eid in ids}
 
 
 class Clients:
