@@ -9,7 +9,7 @@ from fastapi import FastAPI, Security
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from clickstream.settings import Settings, get_settings
 from clickstream.shutdown import close_within
 from producers.gateway.body_limit import BodySizeLimit

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 
 if TYPE_CHECKING:
     from clickstream.settings import Settings

@@ -11,10 +11,10 @@ from bson import ObjectId
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from clickstream.batch_store import EMPTY, RELEASING, Batch, BatchStore
+from batches.store import EMPTY, RELEASING, Batch, BatchStore
 from producers.gateway.deps import GatewayDep, StoreDep
+from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
-from producers.gateway.routes.sessions import REFUSALS
 from producers.models import BatchOut, BatchSessionsPage, ReleaseIn
 
 router = APIRouter(prefix="/api/v1/clickstream/internal", tags=["batches"])

@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from clickstream.settings import get_settings
 from producers.gateway.deps import GatewayDep
+from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
 from producers.models import (
     EventsAccepted,
@@ -21,13 +22,6 @@ from producers.models import (
 router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
 # The writes: behind the ingest keys when CLICKSTREAM_INGEST_KEYS is set.
 ingest_router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
-
-REFUSALS: dict[int | str, dict[str, str]] = {
-    400: {"description": "Malformed JSON"},
-    413: {"description": "Body over the size limit"},
-    422: {"description": "A field is missing, of the wrong type or out of bounds"},
-    503: {"description": "Kafka did not acknowledge in time; retry after Retry-After seconds"},
-}
 
 
 @ingest_router.post("/session", responses=REFUSALS, openapi_extra=body_schema(SessionIn))
