@@ -47,7 +47,7 @@ async def release(request: Request, gateway: GatewayDep, store: StoreDep) -> JSO
     Answers 200 once every partition has written its part, or 202 with status
     ``releasing`` if that takes longer than ``CLICKSTREAM_RELEASE_WAIT_SECONDS``.
     """
-    body = await parse_body(request, ReleaseIn)
+    body = await parse_body(request, gateway.models.ReleaseIn)
     settings = gateway.settings
     started = time.monotonic()
     deadline = started + settings.release_wait_seconds
