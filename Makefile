@@ -20,10 +20,11 @@ bench: $(STAMP)  ## The pipeline (clickstream run) and the baseline under wrk, t
 soak: $(STAMP)  ## Half capacity for SOAK_SECONDS (1800) with worker kills and broker restarts
 	$(BIN)/python -m tests.perf.soak
 
-lint: $(STAMP)  ## ruff and mypy
+lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter, [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy clickstream producers schemas stream_app consumers deploy
+	$(BIN)/mypy clickstream batches producers schemas stream_app consumers deploy
+	$(BIN)/lint-imports
 
 install: $(STAMP)
 

@@ -1,5 +1,9 @@
-"""The root of every error the pipeline raises on purpose."""
+"""The root of every error the pipeline raises on purpose.
 
+Defined in ``schemas.exceptions`` (the bottom layer, which imports nothing of ours) and
+re-exported here, so there is one root and no import runs back up.
+"""
 
-class ClickstreamError(Exception):
-    """Root of the project's exceptions."""
+from schemas.exceptions import ClickstreamError
+
+__all__ = ["ClickstreamError"]

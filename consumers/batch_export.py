@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from clickstream.batch_store import RELEASED, BatchStore, parse_batch_id
+from batches.store import RELEASED, BatchStore, parse_batch_id
 from clickstream.exceptions import ClickstreamError
 
 if TYPE_CHECKING:

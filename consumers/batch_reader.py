@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeGuard
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from clickstream.batch_store import Batch, BatchStore, parse_batch_id
+from batches.store import Batch, BatchStore, parse_batch_id
 from clickstream.settings import Settings, get_settings
 from schemas import AvroCodec, MalformedMessageError, Topics
 

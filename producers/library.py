@@ -19,9 +19,12 @@ from producers.models import (
     EventIn,
     EventsAccepted,
     EventsIn,
+    Limits,
     ReleaseIn,
+    RequestModel,
     SessionAccepted,
     SessionIn,
+    request_models,
 )
 from producers.publisher import KafkaPublisher, OutgoingMessage
 from schemas import AvroCodec, Topics
@@ -53,6 +56,8 @@ class ClickstreamProducer:
 
     def __init__(self, settings: Settings | None = None) -> None:
         settings = settings or get_settings()
+        # The limits of these settings, not of the environment at import.
+        self._models = request_models(Limits.from_settings(settings))
         self._messages = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
         self._publisher = KafkaPublisher(
             settings.kafka_producer_config(), settings.publish_timeout_seconds
@@ -61,7 +66,7 @@ class ClickstreamProducer:
     def _prepare_session(
         self, session: SessionIn | Mapping[str, Any]
     ) -> tuple[SessionIn, int, OutgoingMessage]:
-        valid = _validate(SessionIn, session)
+        valid = _validate(self._models.SessionIn, session)
         prepared = self._messages.session(valid, time.time())
         return valid, prepared.created_at, prepared.message
 
@@ -69,7 +74,7 @@ class ClickstreamProducer:
         self, session_id: str, events: Sequence[EventIn | Mapping[str, Any]]
     ) -> tuple[EventsIn, list[OutgoingMessage]]:
         raw_events = [e.model_dump() if isinstance(e, EventIn) else e for e in events]
-        batch = _validate(EventsIn, {"session_id": session_id, "events": raw_events})
+        batch = _validate(self._models.EventsIn, {"session_id": session_id, "events": raw_events})
         return batch, self._messages.events(batch, time.time())
 
     def register_session(self, session: SessionIn | Mapping[str, Any]) -> SessionAccepted:
@@ -106,7 +111,7 @@ class ClickstreamProducer:
         self, release_id: str, min_idle_seconds: int
     ) -> tuple[str, OutgoingMessage]:
         valid = _validate(
-            ReleaseIn, {"release_id": release_id, "min_idle_seconds": min_idle_seconds}
+            self._models.ReleaseIn, {"release_id": release_id, "min_idle_seconds": min_idle_seconds}
         )
         request_id = uuid.uuid4().hex
         message = self._messages.release_request(
@@ -155,6 +160,9 @@ _M = TypeVar("_M", SessionIn, EventsIn, ReleaseIn)
 def _validate(model: type[_M], value: _M | Mapping[str, Any]) -> _M:
     if isinstance(value, model):
         return value
+    if isinstance(value, RequestModel):
+        # Built with other limits (e.g. the default classes): check it against these.
+        value = value.model_dump()
     try:
         return model.model_validate(value)
     except ValidationError as exc:

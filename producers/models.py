@@ -1,15 +1,18 @@
 """Request and answer models of the clickstream API, shared by the HTTP gateway and the
 producer library, so both refuse the same input with the same messages.
 
-Constraints live in ``Field(...)``; limits come from the settings (``CLICKSTREAM_MAX_*``),
-read once at import.
+Constraints live in ``Field(...)``. The classes below carry the default limits; the gateway
+and the library validate with :func:`request_models`, the same classes rebuilt with the limits
+of the settings they are given (``CLICKSTREAM_MAX_*``): nothing reads settings at import.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -20,12 +23,42 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    create_model,
 )
 
-from clickstream.settings import get_settings
+from clickstream.settings import Settings
 from schemas.json_text import to_json_text
 
-_settings = get_settings()
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def _default(name: str) -> int:
+    default = Settings.model_fields[name].default
+    assert isinstance(default, int)  # noqa: S101 - the settings declare these as ints
+    return default
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds a request is validated against (``CLICKSTREAM_MAX_*``, ``..._CREATED_AT_*``)."""
+
+    max_id_length: int = _default("max_id_length")
+    max_events_per_request: int = _default("max_events_per_request")
+    created_at_max_age_seconds: int = _default("created_at_max_age_seconds")
+    created_at_max_ahead_seconds: int = _default("created_at_max_ahead_seconds")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_id_length=settings.max_id_length,
+            max_events_per_request=settings.max_events_per_request,
+            created_at_max_age_seconds=settings.created_at_max_age_seconds,
+            created_at_max_ahead_seconds=settings.created_at_max_ahead_seconds,
+        )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -47,23 +80,69 @@ def _whole_number(value: Any) -> Any:
 WholeNumber = BeforeValidator(_whole_number)
 
 
-def _in_time_window(value: int | None) -> int | None:
+def _time_window(limits: Limits) -> Callable[[int | None], int | None]:
+    return functools.partial(_in_time_window, limits)
+
+
+def _in_time_window(limits: Limits, value: int | None) -> int | None:
     if value is None:
         return None
     now = time.time()
-    oldest = now - _settings.created_at_max_age_seconds
-    newest = now + _settings.created_at_max_ahead_seconds
+    oldest = now - limits.created_at_max_age_seconds
+    newest = now + limits.created_at_max_ahead_seconds
     if not oldest <= value <= newest:
         when = datetime.fromtimestamp(value, UTC).isoformat() if 0 <= value < 2**35 else value
         raise ValueError(
             f"{value} ({when}) lies outside the accepted window: UTC seconds not older than "
-            f"{_settings.created_at_max_age_seconds} s and at most "
-            f"{_settings.created_at_max_ahead_seconds} s ahead of the server's clock"
+            f"{limits.created_at_max_age_seconds} s and at most "
+            f"{limits.created_at_max_ahead_seconds} s ahead of the server's clock"
         )
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=_settings.max_id_length)]
+def _id_type(limits: Limits) -> Any:
+    return Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_length)]
+
+
+_TIMESTAMP_DOC = (
+    "UTC seconds; the server's current time when absent. Accepted only within "
+    "CLICKSTREAM_CREATED_AT_MAX_AGE_SECONDS before and ..._MAX_AHEAD_SECONDS after the "
+    "server's clock (12 h and 5 min by default): a window that moves, so this document "
+    "cannot give it as bounds."
+)
+
+
+def _timestamp_type(limits: Limits) -> Any:
+    return Annotated[
+        int | None,
+        WholeNumber,
+        Field(description=_TIMESTAMP_DOC),
+        AfterValidator(_time_window(limits)),
+    ]
+
+
+def _event_type_type(limits: Limits) -> Any:
+    return Annotated[
+        str,
+        BeforeValidator(lambda value: "click" if value is None else value),
+        StringConstraints(min_length=1, max_length=limits.max_id_length),
+        # null is accepted as "click": the document says so.
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": limits.max_id_length},
+                    {"type": "null"},
+                ],
+                "default": "click",
+                "description": "What happened; `click` when absent or null.",
+            }
+        ),
+    ]
+
+
+# The static types (default limits) the classes below are declared with; request_models()
+# rebuilds the constrained fields for other limits.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=DEFAULT_LIMITS.max_id_length)]
 """An identifier: session, event, object, user or release id."""
 
 JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
@@ -72,24 +151,18 @@ JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
 Timestamp = Annotated[
     int | None,
     WholeNumber,
-    Field(
-        description="UTC seconds; the server's current time when absent. Accepted only within "
-        "CLICKSTREAM_CREATED_AT_MAX_AGE_SECONDS before and ..._MAX_AHEAD_SECONDS after the "
-        "server's clock (12 h and 5 min by default): a window that moves, so this document "
-        "cannot give it as bounds."
-    ),
-    AfterValidator(_in_time_window),
+    Field(description=_TIMESTAMP_DOC),
+    AfterValidator(_time_window(DEFAULT_LIMITS)),
 ]
 
 EventType = Annotated[
     str,
     BeforeValidator(lambda value: "click" if value is None else value),
-    StringConstraints(min_length=1, max_length=_settings.max_id_length),
-    # null is accepted as "click": the document says so.
+    StringConstraints(min_length=1, max_length=DEFAULT_LIMITS.max_id_length),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "minLength": 1, "maxLength": _settings.max_id_length},
+                {"type": "string", "minLength": 1, "maxLength": DEFAULT_LIMITS.max_id_length},
                 {"type": "null"},
             ],
             "default": "click",
@@ -153,10 +226,14 @@ class SessionIn(RequestModel):
     created_at: Timestamp = None
 
 
+_EVENT_ID_DOC = "Unique within the session; a repeated id is dropped."
+_RELEASE_ID_DOC = "The idempotency key: the same id, the same batch."
+
+
 class EventIn(RequestModel):
     """One interaction with a search result; a click unless ``event_type`` says otherwise."""
 
-    event_id: Id = Field(description="Unique within the session; a repeated id is dropped.")
+    event_id: Id = Field(description=_EVENT_ID_DOC)
     object_id: Id
     event_type: EventType = "click"
     created_at: Timestamp = None
@@ -194,7 +271,7 @@ class EventsIn(RequestModel):
     )
 
     session_id: Id
-    events: list[EventIn] = Field(max_length=_settings.max_events_per_request)
+    events: list[EventIn] = Field(max_length=DEFAULT_LIMITS.max_events_per_request)
 
 
 class SessionAccepted(BaseModel):
@@ -224,13 +301,62 @@ class ReleaseIn(RequestModel):
         json_schema_extra={"examples": [{"release_id": "090bda77a5e048d59a1e310dc20fbd6d"}]}
     )
 
-    release_id: Id = Field(description="The idempotency key: the same id, the same batch.")
+    release_id: Id = Field(description=_RELEASE_ID_DOC)
     min_idle_seconds: Annotated[int, WholeNumber] = Field(
         default=0,
         ge=0,
         le=MAX_IDLE_SECONDS,
         description="Sessions active more recently than this wait for the next release.",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestModels:
+    """The request classes validating with one set of limits; each subclasses the class of
+    the same name above (and keeps its name, so the OpenAPI document names them alike)."""
+
+    limits: Limits
+    SessionIn: type[SessionIn]
+    EventsIn: type[EventsIn]
+    SessionRef: type[SessionRef]
+    ReleaseIn: type[ReleaseIn]
+
+
+@functools.cache
+def request_models(limits: Limits) -> RequestModels:
+    """The request classes with ``limits``: the gateway and the library validate with these."""
+    if limits == DEFAULT_LIMITS:
+        return RequestModels(limits, SessionIn, EventsIn, SessionRef, ReleaseIn)
+    id_ = _id_type(limits)
+    timestamp = _timestamp_type(limits)
+    result = create_model("SearchResultIn", __base__=SearchResultIn, object_id=(id_, ...))
+    event = create_model(
+        "EventIn",
+        __base__=EventIn,
+        event_id=(id_, Field(description=_EVENT_ID_DOC)),
+        object_id=(id_, ...),
+        event_type=(_event_type_type(limits), "click"),
+        created_at=(timestamp, None),
+    )
+    session = create_model(
+        "SessionIn",
+        __base__=SessionIn,
+        session_id=(id_, ...),
+        search_results=(list[result], ...),
+        user_id=(id_ | None, None),
+        created_at=(timestamp, None),
+    )
+    events = create_model(
+        "EventsIn",
+        __base__=EventsIn,
+        session_id=(id_, ...),
+        events=(list[event], Field(max_length=limits.max_events_per_request)),
+    )
+    ref = create_model("SessionRef", __base__=SessionRef, session_id=(id_, ...))
+    release = create_model(
+        "ReleaseIn", __base__=ReleaseIn, release_id=(id_, Field(description=_RELEASE_ID_DOC))
+    )
+    return RequestModels(limits, session, events, ref, release)
 
 
 class IrrelevantAccepted(BaseModel):

@@ -1,6 +1,12 @@
-"""Errors of encoding and decoding messages."""
+"""The project's root exception, and the errors of encoding and decoding messages.
 
-from clickstream.exceptions import ClickstreamError
+The root lives here, in the lowest layer, so the contract depends on nothing of ours;
+``clickstream.exceptions`` re-exports it for the packages above.
+"""
+
+
+class ClickstreamError(Exception):
+    """Root of the project's exceptions."""
 
 
 class SchemaError(ClickstreamError):

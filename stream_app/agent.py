@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import faust
     from faust.types import EventT
 
-    from clickstream.batch_store import BatchStore
+    from batches.store import BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec, Topics
     from stream_app.failures import FailurePolicy

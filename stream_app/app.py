@@ -25,7 +25,7 @@ from stream_app.topics import declare_topics
 if TYPE_CHECKING:
     from faust.types import TransportT
 
-    from clickstream.batch_store import BatchStore
+    from batches.store import BatchStore
     from clickstream.settings import Settings
 
 logger = logging.getLogger(__name__)

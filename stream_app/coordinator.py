@@ -30,7 +30,8 @@ from bson import ObjectId
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from pymongo.errors import PyMongoError
 
-from clickstream.batch_store import EMPTY, RELEASED, RELEASING, now_ms
+from batches.store import EMPTY, RELEASED, RELEASING
+from clickstream.clock import now_ms
 from schemas import MalformedMessageError, Topics
 from stream_app import dead_letters, metrics
 from stream_app.control_auth import ControlAuth
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from confluent_kafka import KafkaError, Message
 
-    from clickstream.batch_store import Batch, BatchStore
+    from batches.store import Batch, BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec
 

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from faust.web import Request, Response, View
     from prometheus_client.metrics_core import Metric
 
-    from clickstream.batch_store import Batch
+    from batches.store import Batch
     from schemas import AvroCodec
     from stream_app.tables import StreamTables
 

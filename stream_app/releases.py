@@ -227,7 +227,7 @@ def record_release(
 def batch_session_document(
     batch_id: ObjectId, cut: Cut, item: Included, number: int, events: list[StoredEvent]
 ) -> dict[str, Any]:
-    """The MongoDB document of one session in a batch (see clickstream.batch_store):
+    """The MongoDB document of one session in a batch (see batches.store):
     ``events`` are the session's first ``item.event_count`` events."""
     entry, registration = item.entry, item.entry["registration"]
     irrelevant_offset = entry["irrelevant_offset"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from clickstream.batch_store import public_session
+from batches.public import public_session
 from stream_app import join
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import faust
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from clickstream.shutdown import close_within
 from schemas import AvroCodec
 from stream_app.app import Leadership, create_app

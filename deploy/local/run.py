@@ -17,8 +17,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from clickstream.credentials import CONTROL_SECRET_FILE, INTERNAL_TOKEN_FILE, local_secret, redacted
-from clickstream.settings import Settings, get_settings
 from deploy.kafka_topics import ensure_topics
 from deploy.local.servers import LocalServerError, LocalWorker, local_servers, port_in_use
 from producers.gateway.server import serve
@@ -26,6 +27,8 @@ from producers.gateway.server import serve
 if TYPE_CHECKING:
     from pathlib import Path
     from types import FrameType
+
+    from clickstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +47,28 @@ def run_locally(settings: Settings) -> None:
         )
     try:
         with local_servers(settings) as (bootstrap, mongodb_uri):
-            # Processes started from here read the same servers from the environment.
-            os.environ["CLICKSTREAM_KAFKA_BOOTSTRAP"] = bootstrap
-            os.environ["CLICKSTREAM_MONGODB_URI"] = mongodb_uri
-            # The gateway reads sessions from the worker started here, wherever it listens.
-            os.environ["CLICKSTREAM_WORKER_URLS"] = (
-                f"http://{settings.worker_web_host}:{settings.worker_web_port}"
+            # The settings of this run, handed to the worker as its environment and to the
+            # gateway as an object: this process's environment is left as it was.
+            runtime = settings.model_copy(
+                update={
+                    "kafka_bootstrap": bootstrap,
+                    "mongodb_uri": SecretStr(mongodb_uri),
+                    # The gateway reads sessions from the worker started here.
+                    "worker_urls": [
+                        f"http://{settings.worker_web_host}:{settings.worker_web_port}"
+                    ],
+                    # Its /ready says 503 while that worker is not running (WorkerWatch
+                    # restarts it).
+                    "ready_requires_worker": True,
+                    **_local_secrets(settings),
+                }
             )
-            _use_local_secrets(settings)
-            # Its /ready says 503 while that worker is not running (WorkerWatch restarts it).
-            os.environ["CLICKSTREAM_READY_REQUIRES_WORKER"] = "true"
-            get_settings.cache_clear()
-            runtime = get_settings()
             ensure_topics(runtime)
-            worker = LocalWorker(runtime.data_dir, runtime.worker_web_port)
+            worker = LocalWorker(
+                runtime.data_dir,
+                runtime.worker_web_port,
+                env={**os.environ, **runtime.environment()},
+            )
             with WorkerWatch(worker) as watch:
                 logger.info("worker ready url=%s log=%s", worker.address, worker.log_file)
                 _write_run_file(runtime, bootstrap, mongodb_uri)
@@ -197,16 +208,18 @@ def _write_run_file(settings: Settings, bootstrap: str, mongodb_uri: str) -> Non
     run_file(settings).write_text(json.dumps(document, indent=2))
 
 
-def _use_local_secrets(settings: Settings) -> None:
+def _local_secrets(settings: Settings) -> dict[str, list[SecretStr]]:
     """The internal token and control secret of the local run, for the processes started
-    here: from the environment, else made once in the data dir. The token is printed (not
+    here: from the settings, else made once in the data dir. The token is printed (not
     logged) for the README's calls; `clickstream release` and `batch` read it from there."""
+    secrets: dict[str, list[SecretStr]] = {}
     if not settings.internal_tokens:
         path = settings.data_dir / INTERNAL_TOKEN_FILE
         token, _ = local_secret(path)
-        os.environ["CLICKSTREAM_INTERNAL_TOKENS"] = token
+        secrets["internal_tokens"] = [SecretStr(token)]
         sys.stdout.write(f"internal token (Authorization: Bearer ..., kept in {path}): {token}\n")
         sys.stdout.flush()
     if not settings.control_secret:
         secret, _ = local_secret(settings.data_dir / CONTROL_SECRET_FILE)
-        os.environ["CLICKSTREAM_CONTROL_SECRET"] = secret
+        secrets["control_secret"] = [SecretStr(secret)]
+    return secrets

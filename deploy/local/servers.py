@@ -498,7 +498,7 @@ class LocalWorker(LocalHttpProcess):
     stop_timeout = 60.0
 
     def command(self) -> list[str]:
-        return [str(self.binary()), "-m", "clickstream.cli", "worker"]
+        return [str(self.binary()), "-m", "deploy.cli", "worker"]
 
 
 class LocalGateway(LocalHttpProcess):
@@ -510,7 +510,7 @@ class LocalGateway(LocalHttpProcess):
     ready_path = "/ready"
 
     def command(self) -> list[str]:
-        return [str(self.binary()), "-m", "clickstream.cli", "gateway"]
+        return [str(self.binary()), "-m", "deploy.cli", "gateway"]
 
 
 @contextlib.contextmanager

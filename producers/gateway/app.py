@@ -9,7 +9,7 @@ from fastapi import FastAPI, Security
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from clickstream.settings import Settings, get_settings
 from clickstream.shutdown import close_within
 from producers.gateway.body_limit import BodySizeLimit
@@ -27,7 +27,7 @@ from producers.gateway.security import (
 )
 from producers.gateway.workers import WorkerClient
 from producers.ingest import IngestMessages
-from producers.models import EventsIn, ReleaseIn, SessionIn, SessionRef
+from producers.models import Limits, request_models
 from schemas import AvroCodec, Topics
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     topics = Topics(settings.topic_prefix)
     metrics = GatewayMetrics()
+    # Requests are validated with the limits of these settings, not of the environment.
+    models = request_models(Limits.from_settings(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = BatchStore.from_settings(settings) if mongodb_url else None
         app.state.gateway = Gateway(
             settings=settings,
+            models=models,
             topics=topics,
             messages=IngestMessages(AvroCodec(), topics),
             publisher=publisher,
@@ -102,12 +105,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batches.router, dependencies=[Security(require_internal_token)], responses=INTERNAL_REFUSAL
     )
     app.include_router(health.router)
-    _document_request_bodies(app, [SessionIn, EventsIn, SessionRef, ReleaseIn])
+    _document_request_bodies(
+        app,
+        [models.SessionIn, models.EventsIn, models.SessionRef, models.ReleaseIn],
+        settings.max_id_length,
+    )
     metrics.instrument(app)  # last: its middleware is the outermost, counting every answer
     return app
 
 
-def _document_request_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
+def _document_request_bodies(
+    app: FastAPI, models: list[type[BaseModel]], max_id_length: int
+) -> None:
     """Routes parse their bodies themselves (see request_body.py): add the models' schemas,
     with the seed's examples, to the OpenAPI document FastAPI generates."""
 
@@ -125,6 +134,11 @@ def _document_request_bodies(app: FastAPI, models: list[type[BaseModel]]) -> Non
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(definitions.get("$defs", {}))
+            session_get = document["paths"]["/api/v1/clickstream/session"]["get"]
+            for parameter in session_get["parameters"]:
+                if parameter["name"] == "session_id":
+                    # Checked by the route with the settings' limit (see routes/sessions.py).
+                    parameter["schema"]["maxLength"] = max_id_length
             app.openapi_schema = document
         return app.openapi_schema
 

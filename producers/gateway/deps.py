@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 
 if TYPE_CHECKING:
     from clickstream.settings import Settings
     from producers.gateway.workers import WorkerClient
     from producers.ingest import IngestMessages
+    from producers.models import RequestModels
     from producers.publisher import KafkaPublisher
     from schemas import Topics
 
@@ -23,6 +24,7 @@ class Gateway:
     readers of the stream's tables and of the MongoDB batches."""
 
     settings: Settings
+    models: RequestModels
     topics: Topics
     messages: IngestMessages
     publisher: KafkaPublisher

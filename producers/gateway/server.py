@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from producers.gateway.app import create_app
 from producers.gateway.drain import begin_drain
 
 if TYPE_CHECKING:
@@ -35,7 +37,9 @@ def serve(settings: Settings, on_exit_signal: Callable[[], None] | None = None) 
     uvicorn's supervisor passes the signal to each process, which stops listening at once
     (no delay, ``/ready`` not turned first); requests in flight still finish.
 
-    The app is built by each uvicorn process from the environment (``CLICKSTREAM_*``).
+    With one HTTP worker the app is built here from ``settings``. With more, uvicorn starts
+    processes that each build it from an import string: they get ``settings`` through the
+    environment (``CLICKSTREAM_*``), the only way uvicorn passes anything to them.
 
     Args:
         on_exit_signal: called (from the signal handler: it must not block) as soon as
@@ -44,7 +48,6 @@ def serve(settings: Settings, on_exit_signal: Callable[[], None] | None = None) 
     """
     grace = max(_MIN_GRACE_SECONDS, _DRAIN_AND_GRACE_SECONDS - settings.drain_seconds)
     options: dict[str, Any] = {
-        "factory": True,
         "host": settings.http_host,
         "port": settings.http_port,
         "workers": settings.http_workers,
@@ -54,10 +57,11 @@ def serve(settings: Settings, on_exit_signal: Callable[[], None] | None = None) 
         # for an unreachable broker) are cut: their clients retry.
         "timeout_graceful_shutdown": grace,
     }
-    app = "producers.gateway.app:create_app"
     if settings.http_workers > 1:
-        uvicorn.run(app, **options)
+        os.environ.update(settings.environment())
+        uvicorn.run("producers.gateway.app:create_app", factory=True, **options)
         return
+    app = create_app(settings)
     server = DrainingServer(uvicorn.Config(app, **options), settings.drain_seconds, on_exit_signal)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         # uvicorn raises the signal again once it has stopped: exit 0 then, not by the signal.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from consumers.batch_export import export_batch
 from deploy.local.servers import LocalGateway
 from tests.utils.payloads import event_body, new_id, session_body
@@ -27,7 +27,7 @@ def clickstream(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
     """The `clickstream` command, as an operator runs it, on the test's servers."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     return subprocess.run(
-        [sys.executable, "-m", "clickstream.cli", *args],
+        [sys.executable, "-m", "deploy.cli", *args],
         env={**inherited, **settings.environment()},
         capture_output=True,
         text=True,

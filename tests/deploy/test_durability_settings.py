@@ -12,7 +12,7 @@ import pytest
 from bson import ObjectId
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from deploy.kafka_topics import min_insync_replicas
 from deploy.local.servers import LocalKafka, LocalServer
 from schemas import Topics

@@ -117,7 +117,7 @@ class PipelineRun(LocalHttpProcess):
     kill_after_stop_timeout = False
 
     def command(self) -> list[str]:
-        return [str(self.binary()), "-m", "clickstream.cli", "run"]
+        return [str(self.binary()), "-m", "deploy.cli", "run"]
 
 
 class WorkerMetrics:

@@ -25,7 +25,7 @@ from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from clickstream.exceptions import ClickstreamError
 from stream_app import faust_fixes
 from stream_app.app import StreamApp, create_app

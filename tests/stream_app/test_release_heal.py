@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from bson import ObjectId
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from consumers.batch_reader import BatchReader
 from schemas import Topics
 from tests.utils.kafka import TopicReader

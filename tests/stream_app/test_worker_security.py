@@ -12,7 +12,7 @@ import httpx
 import pytest
 from faust.types.auth import AuthProtocol, SASLMechanism
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from clickstream.settings import Settings
 from stream_app.app import create_app
 from stream_app.kafka_security import UnsupportedKafkaSecurityError, faust_kafka_security

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from clickstream.batch_store import BatchStore
+from batches.store import BatchStore
 from tests.utils.payloads import event_body, session_body
 
 if TYPE_CHECKING:

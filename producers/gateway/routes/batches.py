@@ -11,10 +11,10 @@ from bson import ObjectId
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from clickstream.batch_store import EMPTY, RELEASING, Batch, BatchStore
+from batches.store import EMPTY, RELEASING, Batch, BatchStore
 from producers.gateway.deps import GatewayDep, StoreDep
+from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
-from producers.gateway.routes.sessions import REFUSALS
 from producers.models import BatchOut, BatchSessionsPage, ReleaseIn
 
 router = APIRouter(prefix="/api/v1/clickstream/internal", tags=["batches"])
@@ -47,7 +47,7 @@ async def release(request: Request, gateway: GatewayDep, store: StoreDep) -> JSO
     Answers 200 once every partition has written its part, or 202 with status
     ``releasing`` if that takes longer than ``CLICKSTREAM_RELEASE_WAIT_SECONDS``.
     """
-    body = await parse_body(request, ReleaseIn)
+    body = await parse_body(request, gateway.models.ReleaseIn)
     settings = gateway.settings
     started = time.monotonic()
     deadline = started + settings.release_wait_seconds

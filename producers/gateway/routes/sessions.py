@@ -4,9 +4,10 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 
-from clickstream.settings import get_settings
 from producers.gateway.deps import GatewayDep
+from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
 from producers.models import (
     EventsAccepted,
@@ -18,16 +19,11 @@ from producers.models import (
     SessionRef,
 )
 
+# The body schemas are named by class: the gateway's own classes (its limits) keep these names.
+
 router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
 # The writes: behind the ingest keys when CLICKSTREAM_INGEST_KEYS is set.
 ingest_router = APIRouter(prefix="/api/v1/clickstream", tags=["sessions"])
-
-REFUSALS: dict[int | str, dict[str, str]] = {
-    400: {"description": "Malformed JSON"},
-    413: {"description": "Body over the size limit"},
-    422: {"description": "A field is missing, of the wrong type or out of bounds"},
-    503: {"description": "Kafka did not acknowledge in time; retry after Retry-After seconds"},
-}
 
 
 @ingest_router.post("/session", responses=REFUSALS, openapi_extra=body_schema(SessionIn))
@@ -36,7 +32,7 @@ async def register_session(request: Request, gateway: GatewayDep) -> SessionAcce
 
     Registering a session id again keeps the first registration.
     """
-    session = await parse_body(request, SessionIn)
+    session = await parse_body(request, gateway.models.SessionIn)
     prepared = gateway.messages.session(session, time.time())
     await gateway.publisher.publish([prepared.message])
     return SessionAccepted(session_id=session.session_id, created_at=prepared.created_at)
@@ -47,13 +43,15 @@ async def add_events(request: Request, gateway: GatewayDep) -> EventsAccepted:
     """Add events (clicks by default) to a session. All or nothing; answers once Kafka has
     acknowledged every event. A retried request is safe: events are de-duplicated by id.
     """
-    batch = await parse_body(request, EventsIn)
+    batch = await parse_body(request, gateway.models.EventsIn)
     await gateway.publisher.publish(gateway.messages.events(batch, time.time()))
     return EventsAccepted(session_id=batch.session_id, accepted=len(batch.events))
 
 
 SessionIdQuery = Annotated[
-    str, Query(min_length=1, max_length=get_settings().max_id_length, description="The session")
+    str,
+    # Its upper bound is CLICKSTREAM_MAX_ID_LENGTH of the gateway's settings, checked below.
+    Query(min_length=1, description="The session"),
 ]
 
 
@@ -71,6 +69,20 @@ async def get_session(
 ) -> SessionOut:
     """A session with ``is_irrelevant`` and its first ``events_limit`` events, as the stream's
     tables hold it (a session appears once its registration has been processed)."""
+    max_length = gateway.settings.max_id_length
+    if len(session_id) > max_length:
+        # The answer FastAPI gives for a Query(max_length=...), with this gateway's limit.
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_long",
+                    "loc": ("query", "session_id"),
+                    "msg": f"String should have at most {max_length} characters",
+                    "input": session_id,
+                    "ctx": {"max_length": max_length},
+                }
+            ]
+        )
     session = await gateway.workers.session(session_id, events_limit)
     if session is None:
         raise HTTPException(status_code=404, detail=f"session {session_id!r} is not registered")
@@ -85,6 +97,6 @@ async def mark_irrelevant(request: Request, gateway: GatewayDep) -> IrrelevantAc
     did, after it on the same partition: a session whose registration was acknowledged can
     be marked at once. A mark for a session never registered goes to the dead-letter topic.
     """
-    ref = await parse_body(request, SessionRef)
+    ref = await parse_body(request, gateway.models.SessionRef)
     await gateway.publisher.publish([gateway.messages.irrelevant(ref.session_id, time.time())])
     return IrrelevantAccepted(session_id=ref.session_id, is_irrelevant=True)

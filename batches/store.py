@@ -15,7 +15,6 @@ at-least-once processing upstream gives exactly-once contents here.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,8 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from schemas import from_json_text
+from batches.public import public_session
+from clickstream.clock import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -114,48 +114,6 @@ class Batch:
             "waiting_partitions": self.waiting_partitions,
             "heal_count": self.heal_count,
         }
-
-
-def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict[str, Any]:
-    """A stored session (a batch document or a table entry) as the API shows it."""
-    events = doc["events"] if events_limit is None else doc["events"][:events_limit]
-    out = {
-        "session_id": doc["session_id"],
-        "search_query": doc["search_query"],
-        "search_results": [
-            {"object_id": r["object_id"], "rank": r["rank"], "meta": from_json_text(r["meta"])}
-            for r in doc["search_results"]
-        ],
-        "search_meta": from_json_text(doc["search_meta"]),
-        "user_id": doc["user_id"],
-        "created_at": doc["created_at"],
-        "is_irrelevant": doc["is_irrelevant"],
-        "event_count": doc.get("event_count", len(doc["events"])),
-        "events": [_public_event(e) for e in events],
-    }
-    if "session_number" in doc:
-        out = {
-            "session_number": doc["session_number"],
-            **out,
-            "is_repeat": doc["is_repeat"],
-            # Batches written before repeats named their new events hold neither field.
-            "previous_batch_id": doc.get("previous_batch_id"),
-            "new_event_count": doc.get("new_event_count", out["event_count"]),
-        }
-    return out
-
-
-def _public_event(event: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        "event_id": event["event_id"],
-        "object_id": event["object_id"],
-        "event_type": event["event_type"],
-        "created_at": event["created_at"],
-        "meta": from_json_text(event["meta"]),
-    }
-    if "is_new" in event:
-        out["is_new"] = event["is_new"]
-    return out
 
 
 def parse_batch_id(batch_id: str) -> ObjectId | None:
@@ -410,7 +368,3 @@ class BatchStore:
             for doc in page:
                 yield public_session(doc)
             after = page[-1]["session_number"]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

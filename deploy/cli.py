@@ -180,7 +180,7 @@ def export(
 ) -> None:
     """Write a released batch's sessions with their events, one row per session, from
     MongoDB (CLICKSTREAM_MONGODB_URI) in bounded memory. Parquet needs the parquet extra."""
-    from clickstream.batch_store import BatchStore  # noqa: PLC0415
+    from batches.store import BatchStore  # noqa: PLC0415
     from consumers.batch_export import export_batch  # noqa: PLC0415
 
     configure_logging()
