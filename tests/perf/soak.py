@@ -127,7 +127,12 @@ class Soak:
         offered = capacity / 2
         logger.info("capacity requests_per_s=%.0f offered=%.0f", capacity, offered)
         clients = Clients(
-            gateway.address, count=CLIENTS, requests_per_second=offered, give_up_seconds=300
+            gateway.address,
+            count=CLIENTS,
+            requests_per_second=offered,
+            give_up_seconds=300,
+            # Bounded by the offered rate and SOAK_SECONDS, not by a count of sessions.
+            max_sessions=1_000_000,
         )
         started = time.monotonic()
         next_fault, next_release, next_sample = (
