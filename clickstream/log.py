@@ -12,3 +12,5 @@ def configure_logging(level: str | None = None) -> None:
         level=(level or os.environ.get("CLICKSTREAM_LOG_LEVEL", "INFO")).upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # One INFO line per HTTP call (readiness probes, session reads) drowns what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
