@@ -195,14 +195,43 @@ def assert_exactly_once(
     acknowledged: Acknowledged, batches: Iterable[list[dict[str, Any]]]
 ) -> Counter[tuple[str, str]]:
     """Every acknowledged event is in exactly one batch as new; nothing is in twice."""
-    counted = new_events_in(batches)
+    released = [list(sessions) for sessions in batches]
+    counted = new_events_in(released)
     doubled = {pair: n for pair, n in counted.items() if n > 1}
     missing = acknowledged.pairs() - set(counted)
-    assert not doubled, f"{len(doubled)} events released twice, e.g. {list(doubled)[:3]}"
+    assert not doubled, (
+        f"{len(doubled)} events of {len({sid for sid, _ in doubled})} sessions released twice, "
+        f"e.g. {list(doubled)[:3]}; the first session in each batch: "
+        f"{_describe(next(iter(doubled))[0], released)}"
+    )
     assert not missing, (
         f"{len(missing)} acknowledged events never released, e.g. {list(missing)[:3]}"
     )
     return counted
+
+
+def _describe(session_id: str, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """What each batch holds of one session: enough to tell a lost release mark (a repeat
+    not marked as one) from an event stored twice."""
+    found = []
+    for sessions in batches:
+        for session in sessions:
+            if session["session_id"] == session_id:
+                ids = [event["event_id"] for event in session["events"]]
+                found.append(
+                    {
+                        key: session.get(key)
+                        for key in (
+                            "batch_id",
+                            "is_repeat",
+                            "previous_batch_id",
+                            "event_count",
+                            "new_event_count",
+                        )
+                    }
+                    | {"distinct_events": len(set(ids))}
+                )
+    return found
 
 
 def released_batches(settings: Settings) -> dict[str, list[dict[str, Any]]]:
