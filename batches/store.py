@@ -313,13 +313,9 @@ class BatchStore:
         )
 
     def latest_session(self, session_id: str) -> dict[str, Any] | None:
-        """The session's copy in its latest batch (batch ids grow with time), without its
+        """The session's copy in its latest batch (batch ids grow with time), with its
         events; None if it was never released."""
-        return self.sessions.find_one(
-            {"session_id": session_id},
-            {"events": 0},
-            sort=[("batch_id", DESCENDING)],
-        )
+        return self.sessions.find_one({"session_id": session_id}, sort=[("batch_id", DESCENDING)])
 
     # -- readers ------------------------------------------------------------------------
 

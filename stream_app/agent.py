@@ -68,6 +68,8 @@ class JoinAgent:
         tables: the faust tables.
         store: where batches are written.
         failures: what to do when handling a message fails.
+        committed: the offset committed in a topic's partition (the next one a restarted
+            worker reads), None if this worker committed none there yet.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class JoinAgent:
         tables: StreamTables,
         store: BatchStore,
         failures: FailurePolicy,
+        committed: Callable[[str, int], int | None],
     ) -> None:
         self._settings = settings
         self._names = names
@@ -89,6 +92,7 @@ class JoinAgent:
         self._partitions = tables.partitions
         self._store = store
         self._failures = failures
+        self._committed = committed
         self._orphan_wait_ms = int(settings.orphan_event_wait_seconds * 1000)
         self._retention_ms = int(settings.session_retention_seconds * 1000)
         self._control = ControlAuth.from_settings(settings)
@@ -269,16 +273,24 @@ class JoinAgent:
         self, session_id: str, partition: int, received_at_ms: int
     ) -> join.SessionEntry:
         """The entry of a session this worker does not hold: a retired one (brought back from
-        its released copy, so its new events go into the next release), or a new one."""
+        its latest released copy, old events included, so that only what is new goes into
+        the next release as new), or a new one."""
         released = await asyncio.to_thread(self._store.latest_session, session_id)
         if released is None:
             return join.new_entry(session_id, partition)
         logger.info(
-            "retired session has new events session=%s previous_batch=%s",
+            "retired session has events again session=%s previous_batch=%s",
             session_id,
             released["batch_id"],
         )
-        return join.revived_entry(session_id, partition, released, received_at_ms)
+        revived = join.revived(session_id, partition, released, received_at_ms)
+        # No await from here on: the tables and the caches change together.
+        for index, piece in revived.pieces.items():
+            self._pieces[join.piece_key(session_id, index)] = piece
+        self._put_entry(revived.entry)
+        self._known_ids.pop(session_id, None)
+        self._checked.add(session_id)
+        return revived.entry
 
     async def _on_irrelevant(self, record: dict[str, Any], event: Event) -> None:
         entry = self._stored_entry(record["session_id"])
@@ -305,7 +317,9 @@ class JoinAgent:
                 await self._expire_orphan(entry, partition)
                 self._remove_session(entry)
                 expired += 1
-            elif join.is_retired(entry, now_ms, self._retention_ms):
+            elif join.is_retired(entry, now_ms, self._retention_ms) and self._beyond_replay(
+                entry, partition
+            ):
                 self._remove_session(entry)
                 retired += 1
         if expired or retired:
@@ -315,6 +329,24 @@ class JoinAgent:
                 expired,
                 retired,
             )
+
+    def _beyond_replay(self, entry: join.SessionEntry, partition: int) -> bool:
+        """No message of the session can be read again: each lies below the offset committed
+        in its topic. A worker restarted after a crash replays what follows the committed
+        offsets; a retired session's events read again would otherwise come back as new."""
+        sessions = self._committed(self._names.sessions, partition)
+        registration, irrelevant = entry["registration"], entry["irrelevant_offset"]
+        last_session_offset = max(
+            registration["offset"] if registration else -1,
+            irrelevant if irrelevant is not None else -1,
+        )
+        if sessions is None or last_session_offset >= sessions:
+            return False
+        last_event_offset = entry["last_event_offset"]
+        if last_event_offset is None:
+            return True
+        events = self._committed(self._names.events, partition)
+        return events is not None and last_event_offset < events
 
     async def _expire_orphan(self, entry: join.SessionEntry, partition: int) -> None:
         detail = f"session not registered within {self._settings.orphan_event_wait_seconds:g} s"

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
+from faust.types import TP
 
 from schemas import AvroCodec, Topics
 from stream_app.agent import JoinAgent
@@ -110,9 +111,20 @@ def create_app(
         web_in_thread=False,
     )
     topics = declare_topics(app, names)
-    tables = declare_tables(app, avro, settings.topic_partitions)
+    tables = declare_tables(app, avro, settings.topic_partitions, settings.changelog_segment_bytes)
     failures = failures or FailurePolicy(settings.worker_retry_seconds)
-    agent = JoinAgent(settings, names, avro, topics, tables, store, failures)
+    agent = JoinAgent(
+        settings,
+        names,
+        avro,
+        topics,
+        tables,
+        store,
+        failures,
+        committed=lambda topic, partition: app.monitor.tp_committed_offsets.get(
+            TP(topic, partition)
+        ),
+    )
     app.agent(topics.source, name="join", concurrency=1)(agent)
 
     @app.on_partitions_revoked.connect

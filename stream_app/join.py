@@ -158,6 +158,23 @@ def append_events(
         new.append(stored_event(event, received_at_ms, offset))
     if not new:
         return None
+    appended = _with_events(entry, last_piece, new)
+    waiting = entry["waiting_since_ms"]
+    if entry["registration"] is None and waiting is None:
+        waiting = received_at_ms
+    updated = {
+        **appended.entry,
+        "last_event_offset": offset,
+        "last_active_ms": max(entry["last_active_ms"], received_at_ms),
+        "waiting_since_ms": waiting,
+    }
+    return Appended(updated, appended.pieces, appended.new_ids)
+
+
+def _with_events(
+    entry: SessionEntry, last_piece: EventPiece | None, new: list[StoredEvent]
+) -> Appended:
+    """``new`` stored after the entry's events: its last piece filled up, then new pieces."""
     session_id = entry["session_id"]
     if entry["piece_count"] and last_piece is not None:
         index = entry["piece_count"] - 1
@@ -174,17 +191,11 @@ def append_events(
         current.append(stored)
         size += stored_size
     pieces[index] = {"session_id": session_id, "index": index, "events": current}
-    waiting = entry["waiting_since_ms"]
-    if entry["registration"] is None and waiting is None:
-        waiting = received_at_ms
     updated = {
         **entry,
         "event_count": entry["event_count"] + len(new),
         "piece_count": index + 1,
         "last_piece_bytes": size,
-        "last_event_offset": offset,
-        "last_active_ms": max(entry["last_active_ms"], received_at_ms),
-        "waiting_since_ms": waiting,
     }
     return Appended(updated, pieces, [stored["event_id"] for stored in new])
 
@@ -267,7 +278,8 @@ def is_waiting_too_long(entry: SessionEntry, now_ms: int, wait_ms: int) -> bool:
 
 def is_retired(entry: SessionEntry, now_ms: int, retention_ms: int) -> bool:
     """A session released with everything it has, quiet for ``retention_ms``: its released
-    copy in MongoDB is all there is to keep."""
+    copy in MongoDB is all there is to keep (the caller also makes sure that no message of
+    it can be read again)."""
     released = entry["released"]
     return (
         entry["registration"] is not None
@@ -277,12 +289,14 @@ def is_retired(entry: SessionEntry, now_ms: int, retention_ms: int) -> bool:
     )
 
 
-def revived_entry(
+def revived(
     session_id: str, partition: int, released: dict[str, Any], received_at_ms: int
-) -> SessionEntry:
-    """The entry of a retired session that gets events again, from its released copy (a
-    batch session document): registered before any cut, released in that batch, with none
-    of its old events (they are in that batch)."""
+) -> Appended:
+    """A retired session that gets events again, brought back from its latest released
+    copy (a batch session document, with its events): registered before any cut, its old
+    events stored again before any cut and marked released in that batch. A re-sent old
+    event is then a duplicate, and the next release carries the session as a repeat whose
+    new events are those after the copy."""
     registration = {
         "search_query": released["search_query"],
         "search_results": released["search_results"],
@@ -292,17 +306,23 @@ def revived_entry(
         "received_at_ms": received_at_ms,
         "offset": REVIVED_OFFSET,
     }
-    return {
+    old = [stored_event(e, e["received_at_ms"], REVIVED_OFFSET) for e in released["events"]]
+    previous = released.get("previous_batch_id")
+    entry = {
         **new_entry(session_id, partition),
         "registration": registration,
         "last_active_ms": received_at_ms,
         "released": {
             "batch_id": str(released["batch_id"]),
-            "event_count": 0,
-            "previous_batch_id": None,
-            "previous_event_count": 0,
+            "event_count": len(old),
+            "previous_batch_id": str(previous) if previous is not None else None,
+            "previous_event_count": len(old) - released.get("new_event_count", len(old)),
         },
     }
+    if not old:
+        return Appended(entry, {}, [])
+    appended = _with_events(entry, None, old)
+    return Appended({**appended.entry, "last_event_offset": REVIVED_OFFSET}, appended.pieces, [])
 
 
 def event_record(session_id: str, event: StoredEvent) -> dict[str, Any]:

@@ -304,15 +304,23 @@ def test_a_session_released_and_quiet_is_retired_and_comes_back_from_its_copy() 
     assert join.is_retired(partition.entries["s"], 6_000, 5_000)
 
     [copy] = partition.documents(cut, selection)
-    revived = join.revived_entry("s", 0, copy, received_at_ms=50_000)
-    partition.entries = {"s": revived}
-    partition.pieces = {}
+    revived = join.revived("s", 0, copy, received_at_ms=50_000)
+    partition.entries = {"s": revived.entry}
+    partition.pieces = {join.piece_key("s", i): piece for i, piece in revived.pieces.items()}
+    assert partition.add("s", 1, "e", received_at_ms=50_000) == 0, "an old event sent again"
+    probe = {"batch_id": BATCH_2, "sessions_offset": 9, "events_offset": 9}
+    probe |= {"min_idle_seconds": 0, "requested_at_ms": 60_000}
+    assert partition.select(probe).included == [], "nothing new yet"
     partition.add("s", 9, "later", received_at_ms=50_000)
     later_cut, later = partition.cut(sessions_offset=4, events_offset=12, batch_id=BATCH_2)
 
     [doc] = partition.documents(later_cut, later)
     assert (doc["is_repeat"], doc["previous_batch_id"]) == (True, BATCH)
-    assert [(e["event_id"], e["is_new"]) for e in doc["events"]] == [("later", True)]
+    assert [(e["event_id"], e["is_new"]) for e in doc["events"]] == [
+        ("e", False),
+        ("later", True),
+    ]
+    assert (doc["event_count"], doc["new_event_count"]) == (2, 1)
     assert doc["search_query"] == "q"
 
 
