@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # How long the worker retries a message it fails to handle (MongoDB or Kafka away)
     # before it stops, unacknowledged, to handle it again after a restart.
     worker_retry_seconds: float = Field(default=120.0, gt=0)
+    # The segment size of the tables' changelog topics (compacted). Compaction only cleans
+    # closed segments, so this bounds what a restarted worker reads beyond the live state
+    # (Kafka's default of 1 GiB would have it read every change ever made).
+    changelog_segment_bytes: int = Field(default=4 * 1024 * 1024, ge=1024 * 1024)
 
     # Security (see the README's Security section). Comma-separated lists, so a new value
     # can be added before the old one is removed.

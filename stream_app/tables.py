@@ -63,7 +63,12 @@ def partition_key(partition: int) -> str:
     return f"partition-{partition}"
 
 
-def declare_tables(app: faust.App, avro: AvroCodec, partitions: int) -> StreamTables:
+def declare_tables(
+    app: faust.App, avro: AvroCodec, partitions: int, changelog_segment_bytes: int
+) -> StreamTables:
+    """The worker's tables. Their changelogs are compacted with segments of
+    ``changelog_segment_bytes``, so what recovery reads grows with the live sessions, not
+    with every change ever made (a retired session leaves a tombstone, then nothing)."""
     for name in (SESSION_ENTRY, EVENT_PIECE, PARTITION_RELEASES):
         codecs.register(name, AvroRecordCodec(avro, name))
 
@@ -75,6 +80,7 @@ def declare_tables(app: faust.App, avro: AvroCodec, partitions: int) -> StreamTa
             value_serializer=value_serializer,
             beacon=app.tables.beacon,
             help=help_,
+            extra_topic_configs={"segment.bytes": str(changelog_segment_bytes)},
         )
         return app.tables.add(table)  # type: ignore[return-value]
 
