@@ -217,9 +217,6 @@ class JoinAgent:
             self._known_ids.move_to_end(session_id)
         return ids
 
-    def _count_before(self, entry: join.SessionEntry, offset: int) -> int:
-        return join.count_before(entry, self._piece_reader(entry["session_id"]), offset)
-
     # -- sessions and events ------------------------------------------------------------
 
     async def _on_registered(self, record: dict[str, Any], event: Event) -> None:
@@ -249,9 +246,11 @@ class JoinAgent:
         self, session_id: str, events: list[dict[str, Any]], received_at_ms: int, event: Event
     ) -> None:
         partition, offset = event.message.partition, event.message.offset
-        entry = self._stored_entry(session_id)
-        if entry is None:
-            entry = await self._revive(session_id, partition, received_at_ms)
+        # A session this worker does not hold is new, or its registration is still to be
+        # read (the topics are read independently, and a restart replays both): its
+        # events wait for it. Those of a retired session are joined to its released copy
+        # once the wait is over (see _on_tick).
+        entry = self._entry(session_id, partition)
         last_piece = None
         if entry["piece_count"]:
             last_piece = self._pieces.get(join.piece_key(session_id, entry["piece_count"] - 1))
@@ -268,29 +267,6 @@ class JoinAgent:
             self._known_ids.pop(session_id, None)
             raise
         known.update(appended.new_ids)
-
-    async def _revive(
-        self, session_id: str, partition: int, received_at_ms: int
-    ) -> join.SessionEntry:
-        """The entry of a session this worker does not hold: a retired one (brought back from
-        its latest released copy, old events included, so that only what is new goes into
-        the next release as new), or a new one."""
-        released = await asyncio.to_thread(self._store.latest_session, session_id)
-        if released is None:
-            return join.new_entry(session_id, partition)
-        logger.info(
-            "retired session has events again session=%s previous_batch=%s",
-            session_id,
-            released["batch_id"],
-        )
-        revived = join.revived(session_id, partition, released, received_at_ms)
-        # No await from here on: the tables and the caches change together.
-        for index, piece in revived.pieces.items():
-            self._pieces[join.piece_key(session_id, index)] = piece
-        self._put_entry(revived.entry)
-        self._known_ids.pop(session_id, None)
-        self._checked.add(session_id)
-        return revived.entry
 
     async def _on_irrelevant(self, record: dict[str, Any], event: Event) -> None:
         entry = self._stored_entry(record["session_id"])
@@ -311,9 +287,12 @@ class JoinAgent:
         sessions released with everything they have and quiet for the retention time."""
         partition = event.message.partition
         now_ms = record["sent_at_ms"]
-        expired = retired = 0
+        expired = retired = revived = 0
         for entry in self._partition_entries(partition):
             if join.is_waiting_too_long(entry, now_ms, self._orphan_wait_ms):
+                if await self._revive(entry):
+                    revived += 1
+                    continue
                 await self._expire_orphan(entry, partition)
                 self._remove_session(entry)
                 expired += 1
@@ -322,13 +301,40 @@ class JoinAgent:
             ):
                 self._remove_session(entry)
                 retired += 1
-        if expired or retired:
+        if expired or retired or revived:
             logger.info(
-                "sessions left the tables partition=%s orphans_expired=%s retired=%s",
+                "sessions left the tables partition=%s orphans_expired=%s retired=%s revived=%s",
                 partition,
                 expired,
                 retired,
+                revived,
             )
+
+    async def _revive(self, waiting: join.SessionEntry) -> bool:
+        """Events that waited in vain for their session's registration: if the session was
+        released before (it was retired since), they join its latest released copy and go
+        into the next release as its new events. False if it never was."""
+        session_id = waiting["session_id"]
+        released = await asyncio.to_thread(self._store.latest_session, session_id)
+        if released is None:
+            return False
+        events = list(join.events_of(waiting, self._piece_reader(session_id)))
+        revived = join.revived(waiting, events, released)
+        logger.info(
+            "retired session back with new events session=%s previous_batch=%s events=%s",
+            session_id,
+            released["batch_id"],
+            len(revived.new_ids),
+        )
+        # No await from here on: the tables and the caches change together.
+        for index, piece in revived.pieces.items():
+            self._pieces[join.piece_key(session_id, index)] = piece
+        for index in range(revived.entry["piece_count"], waiting["piece_count"]):
+            self._pieces.pop(join.piece_key(session_id, index), None)
+        self._put_entry(revived.entry)
+        self._known_ids.pop(session_id, None)
+        self._checked.add(session_id)
+        return True
 
     def _beyond_replay(self, entry: join.SessionEntry, partition: int) -> bool:
         """No message of the session can be read again: each lies below the offset committed
@@ -396,7 +402,7 @@ class JoinAgent:
             await self._repair_marks(state, cut, partition)
             await self._report(cut, partition, {name: cut[name] for name in _COUNTS})
             return
-        selection = releases.select(cut, self._partition_entries(partition), self._count_before)
+        selection = releases.select(cut, self._partition_entries(partition), self._piece_reader)
         counts = await self._write_part(cut, selection, partition)
         await self._report(cut, partition, counts)
         for item in selection.included:

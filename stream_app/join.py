@@ -228,6 +228,24 @@ def count_before(
     return count
 
 
+def last_active_before(
+    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None], offset: int
+) -> int:
+    """When the session was last active as of a cut at ``offset`` on the events topic: its
+    registration, or its last event below the cut. The same however far past the cut the
+    worker has read (``last_active_ms`` is not), so a replayed cut defers the same sessions."""
+    registration = entry["registration"]
+    active: int = registration["received_at_ms"] if registration else 0
+    if entry["last_event_offset"] is None:
+        return active
+    for index in reversed(range(entry["piece_count"])):
+        piece = read_piece(index)
+        for event in reversed(piece["events"] if piece else []):
+            if event["offset"] < offset:
+                return max(active, int(event["received_at_ms"]))
+    return active
+
+
 def reconciled(entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]) -> SessionEntry:
     """The entry as its pieces say it is: what it counts of them, made true again.
 
@@ -290,28 +308,33 @@ def is_retired(entry: SessionEntry, now_ms: int, retention_ms: int) -> bool:
 
 
 def revived(
-    session_id: str, partition: int, released: dict[str, Any], received_at_ms: int
+    waiting: SessionEntry,
+    waiting_events: list[StoredEvent],
+    released: dict[str, Any],
 ) -> Appended:
-    """A retired session that gets events again, brought back from its latest released
-    copy (a batch session document, with its events): registered before any cut, its old
-    events stored again before any cut and marked released in that batch. A re-sent old
-    event is then a duplicate, and the next release carries the session as a repeat whose
-    new events are those after the copy."""
+    """A retired session whose events came back: the entry ``waiting`` for a registration
+    that never came (a retired session's was read long ago), joined to the session's latest
+    released copy (a batch session document, with its events). Registered before any cut;
+    the copy's events stored again first, before any cut, marked released in that batch;
+    then the waiting events the copy lacks. An old event sent again is a duplicate, and the
+    next release carries the session as a repeat whose new events are the waiting ones."""
+    old = [stored_event(e, e["received_at_ms"], REVIVED_OFFSET) for e in released["events"]]
+    old_ids = {event["event_id"] for event in old}
+    new = [event for event in waiting_events if event["event_id"] not in old_ids]
     registration = {
         "search_query": released["search_query"],
         "search_results": released["search_results"],
         "search_meta": released["search_meta"],
         "user_id": released["user_id"],
         "created_at": released["created_at"],
-        "received_at_ms": received_at_ms,
+        "received_at_ms": waiting["waiting_since_ms"] or waiting["last_active_ms"],
         "offset": REVIVED_OFFSET,
     }
-    old = [stored_event(e, e["received_at_ms"], REVIVED_OFFSET) for e in released["events"]]
     previous = released.get("previous_batch_id")
     entry = {
-        **new_entry(session_id, partition),
+        **new_entry(waiting["session_id"], waiting["partition"]),
         "registration": registration,
-        "last_active_ms": received_at_ms,
+        "last_active_ms": waiting["last_active_ms"],
         "released": {
             "batch_id": str(released["batch_id"]),
             "event_count": len(old),
@@ -319,10 +342,16 @@ def revived(
             "previous_event_count": len(old) - released.get("new_event_count", len(old)),
         },
     }
-    if not old:
+    stored = old + new
+    if not stored:
         return Appended(entry, {}, [])
-    appended = _with_events(entry, None, old)
-    return Appended({**appended.entry, "last_event_offset": REVIVED_OFFSET}, appended.pieces, [])
+    appended = _with_events(entry, None, stored)
+    last_offset = new[-1]["offset"] if new else REVIVED_OFFSET
+    return Appended(
+        {**appended.entry, "last_event_offset": last_offset},
+        appended.pieces,
+        [event["event_id"] for event in new],
+    )
 
 
 def event_record(session_id: str, event: StoredEvent) -> dict[str, Any]:

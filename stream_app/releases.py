@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from stream_app import join
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from bson import ObjectId
 
-    from stream_app.join import SessionEntry, StoredEvent
+    from stream_app.join import EventPiece, SessionEntry, StoredEvent
 
 PartitionReleases = dict[str, Any]
 Cut = dict[str, Any]
@@ -120,10 +122,14 @@ class Selection:
 def select(
     cut: Cut,
     entries: Iterable[SessionEntry],
-    count_before: Callable[[SessionEntry, int], int],
+    pieces_of: Callable[[str], Callable[[int], EventPiece | None]],
 ) -> Selection:
     """The sessions of the partition that go into the release of ``cut``, in registration
-    order. ``count_before(entry, offset)`` counts a session's events below an offset."""
+    order; ``pieces_of(session_id)`` reads a session's pieces by index.
+
+    Only what lies below the cut decides, never how far past it the worker has read: a
+    marker replayed after a crash selects the very same sessions (and numbers them the same).
+    """
     sessions_cut, events_cut = cut["sessions_offset"], cut["events_offset"]
     idle_ms = cut["min_idle_seconds"] * 1000
     selection = Selection()
@@ -143,10 +149,14 @@ def select(
                 )
             )
             continue
-        count = count_before(entry, events_cut)
+        read_piece = pieces_of(entry["session_id"])
+        count = join.count_before(entry, read_piece, events_cut)
         if released is not None and count <= released["event_count"]:
             continue  # released already, nothing new since
-        if idle_ms and cut["requested_at_ms"] - entry["last_active_ms"] < idle_ms:
+        if idle_ms and (
+            cut["requested_at_ms"] - join.last_active_before(entry, read_piece, events_cut)
+            < idle_ms
+        ):
             selection.deferred += 1
             continue
         selection.included.append(

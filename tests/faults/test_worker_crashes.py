@@ -117,3 +117,32 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
         batch_id
     ], "announced once"
     assert restarted.pid is not None
+
+
+def test_sessions_retired_before_a_kill_are_not_released_again(
+    stream_settings: Settings,
+    worker_factory: Callable[..., Worker],
+    gateway_factory: Callable[..., LocalGateway],
+) -> None:
+    # Released sessions leave the tables a second after their last click; a kill then makes
+    # the worker replay what follows its committed offsets. A retired session whose events
+    # were read again would come back as new.
+    stream_settings = stream_settings.model_copy(update={"session_retention_seconds": 1.0})
+    worker = worker_factory(stream_settings).start()
+    gateway = gateway_factory(stream_settings, [worker])
+    batches = []
+    with Clients(gateway.address, count=4, events_per_request=5, pause_seconds=0.005) as clients:
+        clients.wait_for_events(1500)
+        batches.append(_release(gateway.address, stream_settings))
+        eventually(lambda: "retired=" in worker.log(), timeout=60)
+        worker.kill()  # at once: the replay then reaches back before sessions retired
+        worker = worker_factory(stream_settings, restarting=worker).start()
+        clients.wait_for_events(clients.acknowledged.event_count() + 1000)
+        batches.append(_release(gateway.address, stream_settings))
+        clients.wait_for_events(clients.acknowledged.event_count() + 500)
+    acknowledged = clients.stop()
+    batches.append(_release(gateway.address, stream_settings))
+
+    stored = released_batches(stream_settings)
+    assert set(stored) == {b["batch_id"] for b in batches}
+    assert_exactly_once(acknowledged, stored.values())

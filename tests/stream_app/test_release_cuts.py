@@ -64,7 +64,7 @@ class Partition:
         return cut, self.select(cut)
 
     def select(self, cut: releases.Cut) -> releases.Selection:
-        return releases.select(cut, list(self.entries.values()), self.count_before)
+        return releases.select(cut, list(self.entries.values()), self.reader)
 
     def documents(self, cut: releases.Cut, selection: releases.Selection) -> list[dict[str, Any]]:
         out = []
@@ -203,6 +203,17 @@ def test_min_idle_leaves_active_sessions_untouched_for_the_next_release() -> Non
     assert [(i.entry["session_id"], i.is_repeat) for i in second.included] == [("active", False)]
 
 
+def test_min_idle_judges_by_what_lies_below_the_cut_however_far_the_worker_has_read() -> None:
+    partition = Partition()
+    partition.register("s", 0, received_at_ms=1_000)
+    partition.add("s", 1, "before the cut", received_at_ms=1_000)
+    cut, read_to_the_cut = partition.cut(sessions_offset=3, events_offset=5, min_idle=2)
+    partition.add("s", 7, "after the cut", received_at_ms=9_900)  # read before a replay
+
+    assert [i.entry["session_id"] for i in read_to_the_cut.included] == ["s"]
+    assert [i.entry["session_id"] for i in partition.select(cut).included] == ["s"]
+
+
 def test_a_marker_replayed_after_a_crash_mid_release_gives_the_same_part() -> None:
     partition = Partition(partition=2)
     for n in range(5):
@@ -304,14 +315,18 @@ def test_a_session_released_and_quiet_is_retired_and_comes_back_from_its_copy() 
     assert join.is_retired(partition.entries["s"], 6_000, 5_000)
 
     [copy] = partition.documents(cut, selection)
-    revived = join.revived("s", 0, copy, received_at_ms=50_000)
+    # Retired: the tables forget it. Events for it then wait for a registration, like any
+    # session's events read before their registration; once the wait is over, they join
+    # the released copy.
+    partition.entries, partition.pieces = {}, {}
+    partition.add("s", 8, "e", "later", received_at_ms=50_000)
+    waiting = partition.entries["s"]
+    events = list(join.events_of(waiting, partition.reader("s")))
+    revived = join.revived(waiting, events, copy)
+    assert revived.new_ids == ["later"], "the old event sent again is a duplicate"
     partition.entries = {"s": revived.entry}
     partition.pieces = {join.piece_key("s", i): piece for i, piece in revived.pieces.items()}
-    assert partition.add("s", 1, "e", received_at_ms=50_000) == 0, "an old event sent again"
-    probe = {"batch_id": BATCH_2, "sessions_offset": 9, "events_offset": 9}
-    probe |= {"min_idle_seconds": 0, "requested_at_ms": 60_000}
-    assert partition.select(probe).included == [], "nothing new yet"
-    partition.add("s", 9, "later", received_at_ms=50_000)
+    assert partition.add("s", 10, "e", received_at_ms=60_000) == 0, "and stays one"
     later_cut, later = partition.cut(sessions_offset=4, events_offset=12, batch_id=BATCH_2)
 
     [doc] = partition.documents(later_cut, later)
