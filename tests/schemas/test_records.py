@@ -95,7 +95,10 @@ def test_typed_dict_matches_its_record_field_for_field(
 
 def test_schema_names_are_the_message_schemas() -> None:
     assert {str(name) for name in SchemaName} == set(load_schema_ids())
-    assert SchemaName.SESSION_EVENTS == "clickstream.SessionEvents"
+    # A member stands for its string: equal to it, and the same key in a dict or a set.
+    name: str = "clickstream.SessionEvents"
+    assert SchemaName.SESSION_EVENTS == name
+    assert name in {SchemaName.SESSION_EVENTS}
 
 
 def test_event_item_copies_exactly_the_shared_event_fields() -> None:
