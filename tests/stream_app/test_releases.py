@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -9,17 +11,28 @@ from typing import TYPE_CHECKING
 from bson import ObjectId
 from pymongo import MongoClient
 
-from schemas import Topics
+from schemas import SchemaName, Topics
 from tests.utils.bulk import publish_sessions
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import event_body, new_id, session_body
-from tests.utils.pipeline import BATCH_SESSIONS_URL, RELEASE_URL, eventually, gateway_client
+from tests.utils.pipeline import (
+    BATCH_SESSIONS_URL,
+    RELEASE_URL,
+    Pipeline,
+    eventually,
+    gateway_client,
+    leader_and_follower,
+    wait_until_both_have_partitions,
+)
 
 if TYPE_CHECKING:
-    from schemas import AvroCodec
-    from tests.utils.pipeline import Pipeline
+    from collections.abc import Callable
 
-BATCH_RELEASED = "clickstream.BatchReleased"
+    from clickstream.settings import Settings
+    from schemas import AvroCodec
+    from tests.utils.pipeline import Worker
+
+BATCH_RELEASED = SchemaName.BATCH_RELEASED
 
 
 def _announced(pipeline: Pipeline, codec: AvroCodec, count: int) -> list[str]:
@@ -168,21 +181,42 @@ def test_nothing_to_release_is_404_creates_no_batch_and_keeps_the_release_id_fre
     assert _announced(pipeline, codec, 1) == [later.json()["batch_id"]]
 
 
-def test_a_slow_release_answers_202_then_completes_on_its_own(pipeline: Pipeline) -> None:
-    ids = publish_sessions(pipeline.settings, sessions=6000, events_each=2)
-    pipeline.wait_session(ids[-1], events=2)
-    impatient = pipeline.settings.model_copy(update={"release_wait_seconds": 0.5})
+def test_a_release_still_waiting_for_a_partition_answers_202_then_completes_on_its_own(
+    settings_factory: Callable[..., Settings], worker_factory: Callable[..., Worker]
+) -> None:
+    # Two workers, one paused: its partitions cannot write their part until it resumes, so
+    # the release is still releasing when the wait ends, however fast the machine.
+    settings = settings_factory(
+        tick_interval_seconds=0.5, release_wait_seconds=1.0, worker_web_router=True
+    )
+    first = worker_factory(settings).start()
+    second = worker_factory(settings).start()
+    wait_until_both_have_partitions(first)
+    _, follower = leader_and_follower(first, second)
+    ids = publish_sessions(settings, sessions=60, events_each=2)
 
-    with gateway_client(impatient, pipeline.workers) as gateway:
-        accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
+    with gateway_client(settings, [first, second]) as gateway:
+        pipeline = Pipeline(settings, gateway, [first, second])
+        pipeline.wait_session(ids[-1], events=2)
+        assert follower.pid is not None
+        os.kill(follower.pid, signal.SIGSTOP)
+        try:
+            accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
+            waiting = pipeline.batch(accepted.json()["batch_id"]).json()
+        finally:
+            os.kill(follower.pid, signal.SIGCONT)
 
-    assert accepted.status_code == 202, accepted.text
-    answer = accepted.json()
-    assert answer["status"] == "releasing"
-    assert answer["session_count"] is None
-    done = eventually(lambda: pipeline.batch(answer["batch_id"]).json()["status"] == "released")
-    assert done
-    assert pipeline.batch(answer["batch_id"]).json()["session_count"] == 6000
+        assert accepted.status_code == 202, accepted.text
+        answer = accepted.json()
+        assert answer["status"] == "releasing"
+        assert answer["session_count"] is None
+        assert waiting["status"] == "releasing", "nothing completes it while a part is missing"
+        assert waiting["waiting_partitions"], waiting
+        done = eventually(
+            lambda: pipeline.batch(answer["batch_id"]).json()["status"] == "released", timeout=60
+        )
+        assert done
+        assert pipeline.batch(answer["batch_id"]).json()["session_count"] == 60
 
 
 def test_reading_a_batch_pages_by_session_number(pipeline: Pipeline) -> None:
