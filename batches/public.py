@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import from_json_text
+from schemas import event_item, from_json_text
 
 
 def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict[str, Any]:
@@ -39,13 +39,7 @@ def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict
 
 
 def _public_event(event: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        "event_id": event["event_id"],
-        "object_id": event["object_id"],
-        "event_type": event["event_type"],
-        "created_at": event["created_at"],
-        "meta": from_json_text(event["meta"]),
-    }
+    out: dict[str, Any] = {**event_item(event), "meta": from_json_text(event["meta"])}
     if "is_new" in event:
         out["is_new"] = event["is_new"]
     return out

@@ -25,6 +25,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from batches.exceptions import MissingMongoUriError
 from batches.public import public_session
 from clickstream.clock import now_ms
 
@@ -157,9 +158,10 @@ class BatchStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatchStore:
-        """The store ``CLICKSTREAM_MONGODB_*`` name; ValueError when no MongoDB is set."""
+        """The store ``CLICKSTREAM_MONGODB_*`` name; :class:`MissingMongoUriError` (a
+        ValueError) when no MongoDB is set."""
         if not settings.mongodb_url:
-            raise ValueError("no MongoDB: set CLICKSTREAM_MONGODB_URI")
+            raise MissingMongoUriError("no MongoDB: set CLICKSTREAM_MONGODB_URI")
         return cls.connect(
             settings.mongodb_url,
             settings.mongodb_database,

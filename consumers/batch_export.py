@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from batches.store import RELEASED, BatchStore, parse_batch_id
-from clickstream.exceptions import ClickstreamError
+from consumers.exceptions import BatchExportError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -34,10 +34,6 @@ ExportFormat = Literal["jsonl", "parquet"]
 STDOUT = "-"
 # Sessions per MongoDB page and per Parquet row group.
 PAGE_SIZE = 500
-
-
-class BatchExportError(ClickstreamError, ValueError):
-    """The batch cannot be exported: unknown, not released yet, or a bad destination."""
 
 
 @dataclass(frozen=True, slots=True)

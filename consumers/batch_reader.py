@@ -14,7 +14,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from batches.store import Batch, BatchStore, parse_batch_id
 from clickstream.settings import Settings, get_settings
-from schemas import AvroCodec, MalformedMessageError, Topics
+from consumers.exceptions import InvalidBatchIdError, ReleaseWaitTimeoutError
+from schemas import AvroCodec, MalformedMessageError, SchemaName, Topics
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
     from confluent_kafka import Message
 
 logger = logging.getLogger(__name__)
-
-BATCH_RELEASED = "clickstream.BatchReleased"
-RELEASE_OUTCOME = "clickstream.ReleaseOutcome"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +67,6 @@ class ReleaseAnswer:
             "requested_at": self.requested_at_ms // 1000,
             "answered_at": self.answered_at_ms // 1000,
         }
-
-
-class ReleaseWaitTimeoutError(TimeoutError):
-    """No answer to the release on the batch topic in time; the release goes on."""
 
 
 class BatchReader:
@@ -126,9 +120,8 @@ class BatchReader:
                 except MalformedMessageError as exc:
                     logger.warning("undecodable message on the batch topic skipped error=%s", exc)
                     continue
-                if (
-                    decoded.name == BATCH_RELEASED
-                ):  # one per batch; ReleaseOutcome is for requesters
+                # One per batch; ReleaseOutcome is for requesters.
+                if decoded.name == SchemaName.BATCH_RELEASED:
                     record = decoded.record
                     yield ReleasedBatch(
                         **{name: record[name] for name in ReleasedBatch.__dataclass_fields__}
@@ -173,7 +166,7 @@ class BatchReader:
                 record = decoded.record
                 if record.get("release_id") != release_id:
                     continue
-                if decoded.name == RELEASE_OUTCOME:
+                if decoded.name == SchemaName.RELEASE_OUTCOME:
                     released = record["status"] == "RELEASED"
                     answers_request = (
                         request_id in record["request_ids"]
@@ -182,7 +175,7 @@ class BatchReader:
                     )
                     if released or answers_request:
                         return _answer(record, released=released)
-                elif decoded.name == BATCH_RELEASED:  # announced before ReleaseOutcome existed
+                elif decoded.name == SchemaName.BATCH_RELEASED:  # from before ReleaseOutcome
                     return _answer(
                         {
                             **record,
@@ -214,7 +207,7 @@ class BatchReader:
         ``session_number``; at most ``page_size`` sessions are held at a time."""
         object_id = parse_batch_id(batch_id)
         if object_id is None:
-            raise ValueError(f"not a batch id: {batch_id!r}")
+            raise InvalidBatchIdError(f"not a batch id: {batch_id!r}")
         return self._store.iter_sessions(object_id, page_size)
 
     def close(self) -> None:

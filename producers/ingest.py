@@ -8,16 +8,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from producers.publisher import OutgoingMessage
-from schemas import to_json_text
+from schemas import SchemaName, to_json_text
+from schemas.records import SessionEvents
 
 if TYPE_CHECKING:
     from producers.models import EventsIn, SearchResultIn, SessionIn
     from schemas import AvroCodec, Topics
+    from schemas.records import (
+        EventItem,
+        ReleaseRequested,
+        SearchResult,
+        SessionMarkedIrrelevant,
+        SessionRegistered,
+    )
 
-SESSION_REGISTERED = "clickstream.SessionRegistered"
-SESSION_EVENTS = "clickstream.SessionEvents"
-SESSION_MARKED_IRRELEVANT = "clickstream.SessionMarkedIrrelevant"
-RELEASE_REQUESTED = "clickstream.ReleaseRequested"
 # A request's events go in one message up to about this many bytes, then in more: one
 # message per request is what makes the gateway and the worker fast, and the cap keeps
 # every message far below Kafka's default limit of 1 MB whatever the events carry.
@@ -29,7 +33,7 @@ def _json_or_none(value: dict[str, Any] | None) -> str | None:
     return None if value is None else to_json_text(value)
 
 
-def _result_record(result: SearchResultIn) -> dict[str, Any]:
+def _result_record(result: SearchResultIn) -> SearchResult:
     return {"object_id": result.object_id, "rank": result.rank, "meta": _json_or_none(result.meta)}
 
 
@@ -57,7 +61,7 @@ class IngestMessages:
         """The SessionRegistered message; ``created_at`` defaults to ``now`` (UTC seconds)."""
         now = time.time() if now is None else now
         created_at = int(now) if session.created_at is None else session.created_at
-        record = {
+        record: SessionRegistered = {
             "session_id": session.session_id,
             "search_query": session.search_query,
             "search_results": [_result_record(result) for result in session.search_results],
@@ -69,7 +73,7 @@ class IngestMessages:
         message = OutgoingMessage(
             self._topics.sessions,
             session.session_id.encode(),
-            self._codec.encode(SESSION_REGISTERED, record),
+            self._codec.encode(SchemaName.SESSION_REGISTERED, record),
         )
         return PreparedSession(message, created_at)
 
@@ -78,11 +82,11 @@ class IngestMessages:
         one message, or more if they exceed ``MAX_EVENTS_MESSAGE_BYTES``."""
         now = time.time() if now is None else now
         now_seconds = int(now)
-        chunks: list[list[dict[str, Any]]] = [[]]
+        chunks: list[list[EventItem]] = [[]]
         size = 0
         for event in batch.events:
             meta = _json_or_none(event.meta)
-            item = {
+            item: EventItem = {
                 "event_id": event.event_id,
                 "object_id": event.object_id,
                 "event_type": event.event_type,
@@ -108,12 +112,10 @@ class IngestMessages:
                 self._topics.events,
                 key,
                 self._codec.encode(
-                    SESSION_EVENTS,
-                    {
-                        "session_id": batch.session_id,
-                        "events": chunk,
-                        "received_at_ms": received_at_ms,
-                    },
+                    SchemaName.SESSION_EVENTS,
+                    SessionEvents(
+                        session_id=batch.session_id, events=chunk, received_at_ms=received_at_ms
+                    ),
                 ),
             )
             for chunk in chunks
@@ -123,11 +125,14 @@ class IngestMessages:
     def irrelevant(self, session_id: str, now: float | None = None) -> OutgoingMessage:
         """The SessionMarkedIrrelevant message: a change that goes through the stream."""
         now = time.time() if now is None else now
-        record = {"session_id": session_id, "received_at_ms": int(now * 1000)}
+        record: SessionMarkedIrrelevant = {
+            "session_id": session_id,
+            "received_at_ms": int(now * 1000),
+        }
         return OutgoingMessage(
             self._topics.sessions,
             session_id.encode(),
-            self._codec.encode(SESSION_MARKED_IRRELEVANT, record),
+            self._codec.encode(SchemaName.SESSION_MARKED_IRRELEVANT, record),
         )
 
     def release_request(
@@ -135,7 +140,7 @@ class IngestMessages:
     ) -> OutgoingMessage:
         """The ReleaseRequested message, for the release coordinator."""
         now = time.time() if now is None else now
-        record = {
+        record: ReleaseRequested = {
             "request_id": request_id,
             "release_id": release_id,
             "min_idle_seconds": min_idle_seconds,
@@ -144,5 +149,5 @@ class IngestMessages:
         return OutgoingMessage(
             self._topics.releases,
             release_id.encode(),
-            self._codec.encode(RELEASE_REQUESTED, record),
+            self._codec.encode(SchemaName.RELEASE_REQUESTED, record),
         )

@@ -1,7 +1,9 @@
 """The message contract: Avro schemas (``avro/*.avsc``), their ids, the topics they go to.
 
 Every producer and consumer of the pipeline encodes and decodes through :class:`AvroCodec`,
-so each message has exactly one definition: its ``.avsc`` file.
+so each message has exactly one definition: its ``.avsc`` file. ``records`` types them
+(one TypedDict per record, checked against the files by the tests) and names them
+(:class:`SchemaName`).
 """
 
 from schemas.codec import AvroCodec, Decoded
@@ -12,6 +14,7 @@ from schemas.exceptions import (
     UnknownSchemaError,
 )
 from schemas.json_text import from_json_text, to_json_text
+from schemas.records import SchemaName, event_item
 from schemas.topics import Topics
 
 __all__ = [
@@ -20,8 +23,10 @@ __all__ = [
     "MalformedMessageError",
     "RecordMismatchError",
     "SchemaError",
+    "SchemaName",
     "Topics",
     "UnknownSchemaError",
+    "event_item",
     "from_json_text",
     "to_json_text",
 ]

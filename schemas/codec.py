@@ -72,6 +72,26 @@ class AvroCodec:
     def names(self) -> tuple[str, ...]:
         return tuple(self._by_name)
 
+    def named_types(self) -> dict[str, dict[str, Any]]:
+        """Every named type (record or enum) the message schemas hold, nested ones too, by
+        full name, as parsed."""
+        found: dict[str, dict[str, Any]] = {}
+
+        def walk(schema: Any) -> None:
+            if isinstance(schema, list):  # a union
+                for branch in schema:
+                    walk(branch)
+            elif isinstance(schema, dict):
+                if schema.get("type") in ("record", "enum") and schema["name"] not in found:
+                    found[schema["name"]] = schema
+                for field in schema.get("fields", ()):
+                    walk(field["type"])
+                walk(schema.get("items"))
+
+        for _, parsed in self._by_name.values():
+            walk(parsed)
+        return found
+
     def schema_id(self, name: str) -> int:
         return self._by_name[name][0]
 

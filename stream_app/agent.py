@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import bson
 from bson import ObjectId
 
-from schemas import MalformedMessageError
+from schemas import MalformedMessageError, SchemaName
 from stream_app import dead_letters, join, metrics, releases
 from stream_app.control_auth import ControlAuth
 from stream_app.tables import partition_key
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PARTITION_RELEASED = "clickstream.PartitionReleased"
-SESSION_EVENT = "clickstream.SessionEvent"
+PARTITION_RELEASED = SchemaName.PARTITION_RELEASED
+SESSION_EVENT = SchemaName.SESSION_EVENT
 # Only sessions with this many events are measured against the snapshot size limit.
 _MEASURE_ABOVE_EVENTS = 1000
 # Sessions whose event ids are kept in memory for de-duplication (derived from the pieces,
@@ -101,13 +101,13 @@ class JoinAgent:
         self._known_ids: OrderedDict[str, set[str]] = OrderedDict()
         self._checked: set[str] = set()  # entries found true to their pieces
         self._handlers: dict[tuple[str, str], Handler] = {
-            (names.sessions, "clickstream.SessionRegistered"): self._on_registered,
-            (names.sessions, "clickstream.SessionMarkedIrrelevant"): self._on_irrelevant,
-            (names.sessions, "clickstream.ReleaseMarker"): self._on_sessions_marker,
-            (names.sessions, "clickstream.PartitionTick"): self._on_tick,
-            (names.events, "clickstream.SessionEvents"): self._on_events,
-            (names.events, SESSION_EVENT): self._on_event,
-            (names.events, "clickstream.ReleaseMarker"): self._on_events_marker,
+            (names.sessions, SchemaName.SESSION_REGISTERED): self._on_registered,
+            (names.sessions, SchemaName.SESSION_MARKED_IRRELEVANT): self._on_irrelevant,
+            (names.sessions, SchemaName.RELEASE_MARKER): self._on_sessions_marker,
+            (names.sessions, SchemaName.PARTITION_TICK): self._on_tick,
+            (names.events, SchemaName.SESSION_EVENTS): self._on_events,
+            (names.events, SchemaName.SESSION_EVENT): self._on_event,
+            (names.events, SchemaName.RELEASE_MARKER): self._on_events_marker,
         }
 
     async def __call__(self, stream: faust.StreamT[bytes]) -> None:

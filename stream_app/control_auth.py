@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clickstream import clock
 from clickstream.credentials import control_secrets
+from schemas import SchemaName
+from stream_app.exceptions import MissingControlSecretError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -24,18 +26,13 @@ if TYPE_CHECKING:
     from clickstream.settings import Settings
 
 HEADER = "clickstream-signature"
-RELEASE_MARKER = "clickstream.ReleaseMarker"
-PARTITION_TICK = "clickstream.PartitionTick"
-PARTITION_RELEASED = "clickstream.PartitionReleased"
-CONTROL_MESSAGES = frozenset({RELEASE_MARKER, PARTITION_TICK, PARTITION_RELEASED})
+CONTROL_MESSAGES = frozenset(
+    {SchemaName.RELEASE_MARKER, SchemaName.PARTITION_TICK, SchemaName.PARTITION_RELEASED}
+)
 
 # Dead-letter reasons.
 FORGED_CONTROL_MESSAGE = "forged_control_message"
 CONTROL_CLOCK_SKEW = "control_message_clock_skew"
-
-
-class MissingControlSecretError(ValueError):
-    """No control secret: the worker could neither sign nor check control messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +101,8 @@ class ControlAuth:
                 FORGED_CONTROL_MESSAGE,
                 f"{name} without a valid {HEADER}: not written by the pipeline",
             )
-        if name == RELEASE_MARKER:
-            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if name == SchemaName.RELEASE_MARKER:
+            now_ms = clock.now_ms() if now_ms is None else now_ms
             ahead_ms = record["requested_at_ms"] - now_ms
             if ahead_ms > self._max_skew_ms:
                 return Refusal(

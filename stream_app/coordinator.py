@@ -32,9 +32,10 @@ from pymongo.errors import PyMongoError
 
 from batches.store import EMPTY, RELEASED, RELEASING
 from clickstream.clock import now_ms
-from schemas import MalformedMessageError, Topics
+from schemas import MalformedMessageError, SchemaName, Topics
 from stream_app import dead_letters, metrics
 from stream_app.control_auth import ControlAuth
+from stream_app.exceptions import MarkerDeliveryError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -44,20 +45,13 @@ if TYPE_CHECKING:
     from batches.store import Batch, BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec
+    from schemas.records import BatchReleased, ReleaseMarker, ReleaseOutcome
 
 logger = logging.getLogger(__name__)
 
-RELEASE_MARKER = "clickstream.ReleaseMarker"
-PARTITION_TICK = "clickstream.PartitionTick"
-BATCH_RELEASED = "clickstream.BatchReleased"
-RELEASE_OUTCOME = "clickstream.ReleaseOutcome"
 _KAFKA_TIMEOUT = 30.0
 # How often, at most, stalled releases are looked for.
 _HEAL_CHECK_SECONDS = 5.0
-
-
-class MarkerDeliveryError(KafkaException):
-    """Release markers were not all acknowledged: the poll is replayed, markers included."""
 
 
 def batch_id_for(message: Message) -> ObjectId:
@@ -202,9 +196,9 @@ class ReleaseCoordinator:
         except MalformedMessageError as exc:
             logger.warning("undecodable message on the releases topic skipped error=%s", exc)
             return
-        if decoded.name == "clickstream.ReleaseRequested":
+        if decoded.name == SchemaName.RELEASE_REQUESTED:
             self._open(decoded.record, message, plain)
-        elif decoded.name == "clickstream.PartitionReleased":
+        elif decoded.name == SchemaName.PARTITION_RELEASED:
             refusal = self._control.refusal(
                 decoded.name, decoded.record, message.topic() or "", raw, message.headers()
             )
@@ -260,15 +254,13 @@ class ReleaseCoordinator:
     def _send_markers(self, plain: Producer, batch: Batch, partitions: Iterable[int]) -> None:
         """Queue the batch's marker for ``partitions`` of both ingest topics; each delivery
         is checked by :meth:`_check_markers_delivered`."""
-        marker = self._avro.encode(
-            RELEASE_MARKER,
-            {
-                "batch_id": batch.batch_id,
-                "release_id": batch.release_id,
-                "requested_at_ms": batch.requested_at_ms,
-                "min_idle_seconds": batch.min_idle_seconds,
-            },
-        )
+        record: ReleaseMarker = {
+            "batch_id": batch.batch_id,
+            "release_id": batch.release_id,
+            "requested_at_ms": batch.requested_at_ms,
+            "min_idle_seconds": batch.min_idle_seconds,
+        }
+        marker = self._avro.encode(SchemaName.RELEASE_MARKER, record)
         for topic in self._names.ingest():
             for partition in partitions:
                 plain.produce(
@@ -322,7 +314,7 @@ class ReleaseCoordinator:
         if batch is None or batch.status != RELEASED or batch.released_at_ms is None:
             return
         self._announce_outcome(producer, batch, RELEASED, batch.released_at_ms)
-        announcement = {
+        announcement: BatchReleased = {
             "batch_id": batch.batch_id,
             "release_id": batch.release_id,
             "requested_at_ms": batch.requested_at_ms,
@@ -333,7 +325,7 @@ class ReleaseCoordinator:
         }
         producer.produce(
             self._names.batches,
-            self._avro.encode(BATCH_RELEASED, announcement),
+            self._avro.encode(SchemaName.BATCH_RELEASED, announcement),
             batch.batch_id.encode(),
         )
         metrics.RELEASES.announced(batch)
@@ -351,21 +343,20 @@ class ReleaseCoordinator:
         """The ReleaseOutcome of a batch, in the poll's transaction (before its
         BatchReleased, which readers of the older contract use)."""
         released = status == RELEASED
-        outcome = {
-            "status": status.upper(),
+        outcome: ReleaseOutcome = {
+            "status": "RELEASED" if released else "EMPTY",
             "batch_id": batch.batch_id,
             "release_id": batch.release_id,
             "request_ids": list(batch.request_ids),
             "requested_at_ms": batch.requested_at_ms,
             "answered_at_ms": answered_at_ms,
-            **{
-                name: batch.total(name) if released else 0
-                for name in ("session_count", "event_count", "repeat_session_count")
-            },
+            "session_count": batch.total("session_count") if released else 0,
+            "event_count": batch.total("event_count") if released else 0,
+            "repeat_session_count": batch.total("repeat_session_count") if released else 0,
         }
         producer.produce(
             self._names.batches,
-            self._avro.encode(RELEASE_OUTCOME, outcome),
+            self._avro.encode(SchemaName.RELEASE_OUTCOME, outcome),
             batch.batch_id.encode(),
         )
 
@@ -409,7 +400,7 @@ class ReleaseCoordinator:
         if now - self._last_tick < self._settings.tick_interval_seconds:
             return
         self._last_tick = now
-        tick = self._avro.encode(PARTITION_TICK, {"sent_at_ms": now_ms()})
+        tick = self._avro.encode(SchemaName.PARTITION_TICK, {"sent_at_ms": now_ms()})
         signed = self._control.headers(self._names.sessions, tick)
         for partition in range(self._settings.topic_partitions):
             plain.produce(self._names.sessions, tick, partition=partition, headers=signed)

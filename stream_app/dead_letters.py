@@ -3,13 +3,14 @@ never silently away."""
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from clickstream.clock import now_ms
+from schemas import SchemaName
 
 if TYPE_CHECKING:
     from schemas import AvroCodec
-
-DEAD_LETTER = "clickstream.DeadLetter"
+    from schemas.records import DeadLetter
 
 ORPHAN_EVENT_EXPIRED = "orphan_event_expired"
 CONFLICTING_REGISTRATION = "conflicting_registration"
@@ -31,7 +32,7 @@ def dead_letter(
     value: bytes | None,
 ) -> bytes:
     """An encoded DeadLetter message."""
-    record: dict[str, Any] = {
+    record: DeadLetter = {
         "reason": reason,
         "detail": detail,
         "session_id": session_id,
@@ -39,6 +40,6 @@ def dead_letter(
         "source_partition": partition,
         "source_offset": offset,
         "value": value,
-        "dead_lettered_at_ms": int(time.time() * 1000),
+        "dead_lettered_at_ms": now_ms(),
     }
-    return avro.encode(DEAD_LETTER, record)
+    return avro.encode(SchemaName.DEAD_LETTER, record)

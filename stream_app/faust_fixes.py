@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from clickstream.exceptions import ClickstreamError
+from stream_app.exceptions import FaustInternalsChangedError
 
 if TYPE_CHECKING:
     from faust.transport.producer import ProducerBuffer
@@ -120,10 +120,6 @@ FINGERPRINTS: dict[str, dict[str, str]] = {
         "aiokafka.consumer.consumer:AIOKafkaConsumer.start": "2f1ba70443327538",
     },
 }
-
-
-class FaustInternalsChangedError(ClickstreamError):
-    """faust or aiokafka is not the code the fixes of this module were written for."""
 
 
 def _resolve(target: str) -> Any:

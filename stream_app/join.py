@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from schemas import event_item
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
@@ -102,15 +104,7 @@ def conflicting_fields(entry: SessionEntry, record: dict[str, Any]) -> list[str]
 
 def stored_event(event: dict[str, Any], received_at_ms: int, offset: int) -> StoredEvent:
     """An event of a SessionEvents (or SessionEvent) record as the pieces keep it."""
-    return {
-        "event_id": event["event_id"],
-        "object_id": event["object_id"],
-        "event_type": event["event_type"],
-        "created_at": event["created_at"],
-        "meta": event["meta"],
-        "received_at_ms": received_at_ms,
-        "offset": offset,
-    }
+    return {**event_item(event), "received_at_ms": received_at_ms, "offset": offset}
 
 
 def event_size(event: StoredEvent) -> int:
@@ -358,10 +352,6 @@ def event_record(session_id: str, event: StoredEvent) -> dict[str, Any]:
     """A stored event as the SessionEvent record it came from."""
     return {
         "session_id": session_id,
-        "event_id": event["event_id"],
-        "object_id": event["object_id"],
-        "event_type": event["event_type"],
-        "created_at": event["created_at"],
-        "meta": event["meta"],
+        **event_item(event),
         "received_at_ms": event["received_at_ms"],
     }

@@ -10,6 +10,8 @@ from typing import Any
 
 import faust
 
+from stream_app.exceptions import UnsupportedKafkaSecurityError
+
 logger = logging.getLogger(__name__)
 
 _SASL_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI"}
@@ -23,11 +25,6 @@ _TLS_KEYS = {
 }
 _SASL_KEYS = {"sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password"}
 _KERBEROS_KEYS = {"sasl.kerberos.service.name", "sasl.kerberos.principal"}
-
-
-class UnsupportedKafkaSecurityError(ValueError):
-    """A security setting the worker cannot apply: better not to start than to connect
-    with less security than the other clients."""
 
 
 def ssl_context(extra: dict[str, str]) -> ssl.SSLContext:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from schemas import event_item
 from stream_app import join
 
 if TYPE_CHECKING:
@@ -260,15 +261,7 @@ def batch_session_document(
         "event_count": len(events),
         "new_event_count": len(events) - new_from,
         "events": [
-            {
-                "event_id": e["event_id"],
-                "object_id": e["object_id"],
-                "event_type": e["event_type"],
-                "created_at": e["created_at"],
-                "meta": e["meta"],
-                "received_at_ms": e["received_at_ms"],
-                "is_new": position >= new_from,
-            }
+            {**event_item(e), "received_at_ms": e["received_at_ms"], "is_new": position >= new_from}
             for position, e in enumerate(events)
         ],
     }

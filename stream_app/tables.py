@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.serializers import codecs
 
+from schemas import SchemaName
+
 if TYPE_CHECKING:
     from faust.types import TableT
 
     from schemas import AvroCodec
 
-SESSION_ENTRY = "clickstream.SessionEntry"
-EVENT_PIECE = "clickstream.EventPiece"
-PARTITION_RELEASES = "clickstream.PartitionReleases"
+SESSION_ENTRY = SchemaName.SESSION_ENTRY
+EVENT_PIECE = SchemaName.EVENT_PIECE
+PARTITION_RELEASES = SchemaName.PARTITION_RELEASES
 
 
 class AvroRecordCodec(codecs.Codec):

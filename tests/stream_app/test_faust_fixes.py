@@ -29,8 +29,8 @@ from batches.store import BatchStore
 from clickstream.exceptions import ClickstreamError
 from stream_app import faust_fixes
 from stream_app.app import StreamApp, create_app
+from stream_app.exceptions import FaustInternalsChangedError
 from stream_app.faust_fixes import (
-    FaustInternalsChangedError,
     FixedConsumer,
     FixedProducer,
     back_off_empty_fetches,

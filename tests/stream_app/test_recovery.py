@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from typing import TYPE_CHECKING
 
 import httpx
 from pymongo import MongoClient
 
-from schemas import Topics
+from schemas import SchemaName, Topics
 from tests.utils.bulk import publish_sessions
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import event_body, new_id, session_body
@@ -17,6 +19,7 @@ from tests.utils.pipeline import (
     Pipeline,
     eventually,
     gateway_client,
+    leader_and_follower,
     wait_until_both_have_partitions,
 )
 
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
     from clickstream.settings import Settings
     from schemas import AvroCodec
     from tests.utils.pipeline import Worker
+
+
+# Enough that the leader is likely still writing its part when it is killed.
+SESSIONS = 3000
 
 
 def _batch_document(settings: Settings, batch_id: str) -> dict[str, object] | None:
@@ -40,39 +47,52 @@ def test_a_worker_killed_during_a_release_leaves_a_complete_batch_once_restarted
     worker_factory: Callable[..., Worker],
     codec: AvroCodec,
 ) -> None:
+    stream_settings = stream_settings.model_copy(
+        update={"worker_web_router": True, "release_wait_seconds": 1.0}
+    )
     first = worker_factory(stream_settings).start()
-    ids = publish_sessions(stream_settings, sessions=6000, events_each=2)
-    impatient = stream_settings.model_copy(update={"release_wait_seconds": 0.3})
-    with gateway_client(impatient, [first]) as gateway:
-        Pipeline(impatient, gateway, [first]).wait_session(ids[-1], events=2, timeout=60)
-        accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
-        assert accepted.status_code == 202, accepted.text
-        batch_id = accepted.json()["batch_id"]
+    second = worker_factory(stream_settings).start()
+    wait_until_both_have_partitions(first)
+    leader, follower = leader_and_follower(first, second)
+    ids = publish_sessions(stream_settings, sessions=SESSIONS, events_each=2)
+    with gateway_client(stream_settings, [first, second]) as gateway:
+        Pipeline(stream_settings, gateway, [first, second]).wait_session(
+            ids[-1], events=2, timeout=60
+        )
+        assert follower.pid is not None
+        # The follower paused holds the release open, however fast the machine: the kill of
+        # the leader (the coordinator, and the owner of the other partitions) lands in it.
+        os.kill(follower.pid, signal.SIGSTOP)
+        try:
+            accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
+            assert accepted.status_code == 202, accepted.text
+            batch_id = accepted.json()["batch_id"]
+            leader.kill()
+            at_kill = _batch_document(stream_settings, batch_id)
+        finally:
+            os.kill(follower.pid, signal.SIGCONT)
 
-        first.kill()
-
-    at_kill = _batch_document(stream_settings, batch_id)
     assert at_kill is not None
     assert at_kill["status"] == "releasing", "the kill must land during the release"
-    second = worker_factory(stream_settings, restarting=first).start()
-    with gateway_client(stream_settings, [second]) as gateway:
-        pipeline = Pipeline(stream_settings, gateway, [second])
+    restarted = worker_factory(stream_settings, restarting=leader).start()
+    with gateway_client(stream_settings, [restarted, follower]) as gateway:
+        pipeline = Pipeline(stream_settings, gateway, [restarted, follower])
         eventually(lambda: pipeline.batch(batch_id).json()["status"] == "released", timeout=120)
         answer = pipeline.batch(batch_id).json()
         released = pipeline.batch_sessions(batch_id, page_size=1000)
 
-    assert (answer["session_count"], answer["event_count"]) == (6000, 12000)
+    assert (answer["session_count"], answer["event_count"]) == (SESSIONS, 2 * SESSIONS)
     counted = Counter(s["session_id"] for s in released)
     assert set(counted) == set(ids), "no session missing"
     assert max(counted.values()) == 1, "no session doubled"
     assert all(s["event_count"] == 2 and len(s["events"]) == 2 for s in released)
-    assert len({s["session_number"] for s in released}) == 6000
+    assert len({s["session_number"] for s in released}) == SESSIONS
     announced = TopicReader(stream_settings.kafka_common_config(), codec).read(
         Topics(stream_settings.topic_prefix).batches
     )
     assert [(m.name, m.record["batch_id"]) for m in announced] == [
-        ("clickstream.ReleaseOutcome", batch_id),
-        ("clickstream.BatchReleased", batch_id),
+        (SchemaName.RELEASE_OUTCOME, batch_id),
+        (SchemaName.BATCH_RELEASED, batch_id),
     ], "announced once"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from pymongo import MongoClient
 
+from clickstream.clock import now_ms
 from consumers.batch_reader import BatchReader
 from producers.exceptions import InvalidInputError
 from producers.library import ClickstreamProducer
@@ -43,7 +43,7 @@ def _request_by_message(
             "request_id": request_id,
             "release_id": release_id,
             "min_idle_seconds": min_idle_seconds,
-            "requested_at_ms": int(time.time() * 1000),
+            "requested_at_ms": now_ms(),
         },
     )
     errors: list[KafkaError] = []

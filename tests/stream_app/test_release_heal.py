@@ -3,7 +3,6 @@ gets its markers again on those partitions, and completes with exactly their ses
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import pytest
 from bson import ObjectId
 
 from batches.store import BatchStore
+from clickstream.clock import now_ms
 from consumers.batch_reader import BatchReader
 from schemas import Topics
 from tests.utils.kafka import TopicReader
@@ -60,7 +60,7 @@ def test_a_batch_whose_markers_were_lost_on_some_partitions_heals(
     # What a lost marker leaves: the batch opened, every other partition reported its
     # part (none of their sessions in it), these two never did.
     batch_id, release_id, request_id = ObjectId(), new_id(), new_id()
-    stalled_since_ms = int(time.time() * 1000) - 10_000
+    stalled_since_ms = now_ms() - 10_000
     store.open_release(
         batch_id=batch_id,
         release_id=release_id,

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bson import ObjectId
+from confluent_kafka import Producer
 from pymongo import MongoClient
 
-from schemas import Topics
+from producers.ingest import IngestMessages
+from producers.models import Limits, request_models
+from schemas import AvroCodec, SchemaName, Topics
 from tests.utils.bulk import publish_sessions
 from tests.utils.kafka import TopicReader
 from tests.utils.payloads import event_body, new_id, session_body
-from tests.utils.pipeline import BATCH_SESSIONS_URL, RELEASE_URL, eventually, gateway_client
+from tests.utils.pipeline import (
+    BATCH_SESSIONS_URL,
+    RELEASE_URL,
+    Pipeline,
+    eventually,
+    gateway_client,
+    leader_and_follower,
+    wait_until_both_have_partitions,
+)
 
 if TYPE_CHECKING:
-    from schemas import AvroCodec
-    from tests.utils.pipeline import Pipeline
+    from collections.abc import Callable
 
-BATCH_RELEASED = "clickstream.BatchReleased"
+    from clickstream.settings import Settings
+    from tests.utils.pipeline import Worker
+
+BATCH_RELEASED = SchemaName.BATCH_RELEASED
 
 
 def _announced(pipeline: Pipeline, codec: AvroCodec, count: int) -> list[str]:
@@ -88,28 +102,48 @@ def test_a_released_session_with_new_events_goes_again_whole_as_a_repeat(
     assert _announced(pipeline, codec, 2) == [first["batch_id"], second["batch_id"]]
 
 
+def _publish_received_at(
+    settings: Settings, session: dict[str, Any], events: list[dict[str, Any]], when: float
+) -> None:
+    """Publish a session and its events as the gateway would have accepted them at ``when``
+    (UTC seconds): the same validation and messages, an earlier receive time."""
+    models = request_models(Limits.from_settings(settings))
+    messages = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
+    outgoing = [
+        messages.session(models.SessionIn.model_validate(session), now=when).message,
+        *messages.events(
+            models.EventsIn.model_validate({"session_id": session["session_id"], "events": events}),
+            now=when,
+        ),
+    ]
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_common_config()["bootstrap.servers"],
+            "acks": "all",
+            "enable.idempotence": True,
+        }
+    )
+    for message in outgoing:
+        producer.produce(message.topic, message.value, key=message.key)
+    assert producer.flush(30) == 0
+
+
 def test_min_idle_seconds_leaves_active_sessions_for_the_next_release(pipeline: Pipeline) -> None:
-    min_idle = 5
+    # Idleness is the gateway's receive time against the release's request time. ``idle``
+    # was received longer than min_idle ago (published with that receive time, no sleep);
+    # ``active`` now, an hour within min_idle of the release, whatever the machine's pace.
+    min_idle = 3600
     idle, active = session_body(), session_body()
-    pipeline.register(idle)
-    pipeline.add_events(idle["session_id"], [event_body()])
-    # Idleness is the gateway's receive time against the release's request time: only
-    # waiting makes a session idle. Acknowledged before this, ``idle`` is idle for min_idle
-    # at any release requested after the sleep.
-    time.sleep(min_idle)
-    active_from = time.time()
+    _publish_received_at(pipeline.settings, idle, [event_body()], time.time() - min_idle - 60)
+    pipeline.wait_session(idle["session_id"], events=1)
     pipeline.register(active)
     pipeline.add_events(active["session_id"], [event_body()])
 
-    first = pipeline.release(new_id(), min_idle_seconds=min_idle).json()
+    first_answer = pipeline.release(new_id(), min_idle_seconds=min_idle)
     second = pipeline.release(new_id()).json()
 
-    with MongoClient(pipeline.settings.mongodb_url) as client:
-        [requested] = client[pipeline.settings.mongodb_database].batches.find(
-            {"_id": ObjectId(first["batch_id"])}
-        )
-    active_for = requested["requested_at_ms"] / 1000 - active_from
-    assert active_for < min_idle, f"not a test of min_idle: the machine stalled {active_for}s"
+    assert first_answer.status_code == 200, "the idle session is released"
+    first = first_answer.json()
     assert [s["session_id"] for s in pipeline.batch_sessions(first["batch_id"])] == [
         idle["session_id"]
     ]
@@ -168,21 +202,42 @@ def test_nothing_to_release_is_404_creates_no_batch_and_keeps_the_release_id_fre
     assert _announced(pipeline, codec, 1) == [later.json()["batch_id"]]
 
 
-def test_a_slow_release_answers_202_then_completes_on_its_own(pipeline: Pipeline) -> None:
-    ids = publish_sessions(pipeline.settings, sessions=6000, events_each=2)
-    pipeline.wait_session(ids[-1], events=2)
-    impatient = pipeline.settings.model_copy(update={"release_wait_seconds": 0.5})
+def test_a_release_still_waiting_for_a_partition_answers_202_then_completes_on_its_own(
+    settings_factory: Callable[..., Settings], worker_factory: Callable[..., Worker]
+) -> None:
+    # Two workers, one paused: its partitions cannot write their part until it resumes, so
+    # the release is still releasing when the wait ends, however fast the machine.
+    settings = settings_factory(
+        tick_interval_seconds=0.5, release_wait_seconds=1.0, worker_web_router=True
+    )
+    first = worker_factory(settings).start()
+    second = worker_factory(settings).start()
+    wait_until_both_have_partitions(first)
+    _, follower = leader_and_follower(first, second)
+    ids = publish_sessions(settings, sessions=60, events_each=2)
 
-    with gateway_client(impatient, pipeline.workers) as gateway:
-        accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
+    with gateway_client(settings, [first, second]) as gateway:
+        pipeline = Pipeline(settings, gateway, [first, second])
+        pipeline.wait_session(ids[-1], events=2)
+        assert follower.pid is not None
+        os.kill(follower.pid, signal.SIGSTOP)
+        try:
+            accepted = gateway.post(RELEASE_URL, json={"release_id": new_id()})
+            waiting = pipeline.batch(accepted.json()["batch_id"]).json()
+        finally:
+            os.kill(follower.pid, signal.SIGCONT)
 
-    assert accepted.status_code == 202, accepted.text
-    answer = accepted.json()
-    assert answer["status"] == "releasing"
-    assert answer["session_count"] is None
-    done = eventually(lambda: pipeline.batch(answer["batch_id"]).json()["status"] == "released")
-    assert done
-    assert pipeline.batch(answer["batch_id"]).json()["session_count"] == 6000
+        assert accepted.status_code == 202, accepted.text
+        answer = accepted.json()
+        assert answer["status"] == "releasing"
+        assert answer["session_count"] is None
+        assert waiting["status"] == "releasing", "nothing completes it while a part is missing"
+        assert waiting["waiting_partitions"], waiting
+        done = eventually(
+            lambda: pipeline.batch(answer["batch_id"]).json()["status"] == "released", timeout=60
+        )
+        assert done
+        assert pipeline.batch(answer["batch_id"]).json()["session_count"] == 60
 
 
 def test_reading_a_batch_pages_by_session_number(pipeline: Pipeline) -> None:

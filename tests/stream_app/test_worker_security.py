@@ -15,7 +15,8 @@ from faust.types.auth import AuthProtocol, SASLMechanism
 from batches.store import BatchStore
 from clickstream.settings import Settings
 from stream_app.app import create_app
-from stream_app.kafka_security import UnsupportedKafkaSecurityError, faust_kafka_security
+from stream_app.exceptions import UnsupportedKafkaSecurityError
+from stream_app.kafka_security import faust_kafka_security
 from tests.utils.payloads import event_body, session_body
 from tests.utils.pipeline import Pipeline, gateway_client
 

@@ -99,6 +99,18 @@ def wait_until_both_have_partitions(first: Worker, timeout: float = 60.0) -> Non
     eventually(shared, timeout)
 
 
+def leader_and_follower(first: Worker, second: Worker) -> tuple[Worker, Worker]:
+    """Which of two workers runs the release coordinator (the group's leader), and the other.
+    Pausing the follower holds every release at ``releasing``: its partitions cannot write
+    their part, and the coordinator goes on."""
+
+    def leader() -> Worker | None:
+        return next((w for w in (first, second) if "release coordinator active" in w.log()), None)
+
+    found: Worker = eventually(leader)
+    return found, second if found is first else first
+
+
 class Pipeline:
     """Helpers over the gateway, in the words of the API."""
 

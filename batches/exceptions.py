@@ -1,0 +1,13 @@
+"""Errors of the MongoDB batch store, under the project's root."""
+
+from __future__ import annotations
+
+from clickstream.exceptions import ClickstreamError
+
+
+class BatchStoreError(ClickstreamError):
+    """Root of the batch store's errors."""
+
+
+class MissingMongoUriError(BatchStoreError, ValueError):
+    """No MongoDB to connect to: ``CLICKSTREAM_MONGODB_URI`` is not set."""
