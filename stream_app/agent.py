@@ -37,6 +37,15 @@ if TYPE_CHECKING:
     from batches.store import BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec, Topics
+    from schemas.records import (
+        EventItem,
+        PartitionReleased,
+        ReleaseMarker,
+        SessionEvent,
+        SessionEvents,
+        SessionMarkedIrrelevant,
+        SessionRegistered,
+    )
     from stream_app.failures import FailurePolicy
     from stream_app.tables import StreamTables
     from stream_app.topics import StreamTopics
@@ -219,31 +228,36 @@ class JoinAgent:
 
     # -- sessions and events ------------------------------------------------------------
 
+    # Each handler's record was decoded with the schema its handler is chosen by.
+
     async def _on_registered(self, record: dict[str, Any], event: Event) -> None:
-        entry = self._entry(record["session_id"], event.message.partition)
-        outcome, registered = join.register(entry, record, event.message.offset)
+        registration = cast("SessionRegistered", record)
+        entry = self._entry(registration["session_id"], event.message.partition)
+        outcome, registered = join.register(entry, registration, event.message.offset)
         if outcome is join.Registered.NEW:
             self._put_entry(registered)
         elif outcome is join.Registered.CONFLICT:
-            fields = ", ".join(join.conflicting_fields(entry, record))
+            fields = ", ".join(join.conflicting_fields(entry, registration))
             await self._dead_letter(
                 event,
                 dead_letters.CONFLICTING_REGISTRATION,
                 f"session already registered with other {fields}; the first registration is kept",
-                session_id=record["session_id"],
+                session_id=registration["session_id"],
             )
 
     async def _on_events(self, record: dict[str, Any], event: Event) -> None:
+        message = cast("SessionEvents", record)
         await self._add_events(
-            record["session_id"], record["events"], record["received_at_ms"], event
+            message["session_id"], message["events"], message["received_at_ms"], event
         )
 
     async def _on_event(self, record: dict[str, Any], event: Event) -> None:
         """One event alone: what producers of other languages may send."""
-        await self._add_events(record["session_id"], [record], record["received_at_ms"], event)
+        single = cast("SessionEvent", record)
+        await self._add_events(single["session_id"], [single], single["received_at_ms"], event)
 
     async def _add_events(
-        self, session_id: str, events: list[dict[str, Any]], received_at_ms: int, event: Event
+        self, session_id: str, events: list[EventItem], received_at_ms: int, event: Event
     ) -> None:
         partition, offset = event.message.partition, event.message.offset
         # A session this worker does not hold is new, or its registration is still to be
@@ -269,13 +283,14 @@ class JoinAgent:
         known.update(appended.new_ids)
 
     async def _on_irrelevant(self, record: dict[str, Any], event: Event) -> None:
-        entry = self._stored_entry(record["session_id"])
+        marking = cast("SessionMarkedIrrelevant", record)
+        entry = self._stored_entry(marking["session_id"])
         if entry is None or entry["registration"] is None:
             await self._dead_letter(
                 event,
                 dead_letters.SESSION_NOT_REGISTERED,
                 "cannot mark a session irrelevant before it is registered",
-                session_id=record["session_id"],
+                session_id=marking["session_id"],
             )
             return
         marked = join.mark_irrelevant(entry, event.message.offset)
@@ -377,13 +392,14 @@ class JoinAgent:
         await self._on_marker(record, event, releases.EVENTS)
 
     async def _on_marker(self, record: dict[str, Any], event: Event, topic: str) -> None:
+        marker = cast("ReleaseMarker", record)
         partition = event.message.partition
         key = partition_key(partition)
         state = self._partitions.get(key) or releases.new_partition_state(partition)
-        outcome, state, cut = releases.on_marker(state, record, topic, event.message.offset)
+        outcome, state, found = releases.on_marker(state, marker, topic, event.message.offset)
         logger.info(
             "release marker batch=%s partition=%s topic=%s offset=%s outcome=%s",
-            record["batch_id"],
+            marker["batch_id"],
             partition,
             topic,
             event.message.offset,
@@ -394,14 +410,22 @@ class JoinAgent:
         if outcome is releases.MarkerOutcome.WAITING:
             self._partitions[key] = state
             return
-        assert cut is not None  # noqa: S101 - COMPLETE and REPLAY carry one
+        assert found is not None  # noqa: S101 - COMPLETE and REPLAY carry one
         if outcome is releases.MarkerOutcome.REPLAY:
             # Written before: replayed after a crash, or the coordinator asks again (a lost
             # report, a healing release). Marks the crash lost are made again from what
             # MongoDB holds, and the same counts are reported again.
-            await self._repair_marks(state, cut, partition)
-            await self._report(cut, partition, {name: cut[name] for name in _COUNTS})
+            completed = cast("releases.CompletedCut", found)  # REPLAY carries the release
+            await self._repair_marks(state, completed, partition)
+            counts: releases.PartCounts = {
+                "session_count": completed["session_count"],
+                "event_count": completed["event_count"],
+                "repeat_session_count": completed["repeat_session_count"],
+                "deferred_session_count": completed["deferred_session_count"],
+            }
+            await self._report(completed, partition, counts)
             return
+        cut = cast("releases.Cut", found)  # COMPLETE carries the cut
         selection = releases.select(cut, self._partition_entries(partition), self._piece_reader)
         counts = await self._write_part(cut, selection, partition)
         await self._report(cut, partition, counts)
@@ -436,7 +460,7 @@ class JoinAgent:
 
     async def _write_part(
         self, cut: releases.Cut, selection: releases.Selection, partition: int
-    ) -> dict[str, int]:
+    ) -> releases.PartCounts:
         """Write this partition's sessions of the batch to MongoDB; the part's counts."""
         batch_id = ObjectId(cut["batch_id"])
         partition_count = self._settings.topic_partitions
@@ -455,7 +479,7 @@ class JoinAgent:
                     session_id=item.entry["session_id"],
                     topic=self._names.sessions,
                     partition=partition,
-                    offset=item.entry["registration"]["offset"],
+                    offset=item.registration["offset"],
                     value=None,
                 )
                 continue
@@ -475,10 +499,15 @@ class JoinAgent:
             "deferred_session_count": selection.deferred,
         }
 
-    async def _report(self, cut: dict[str, Any], partition: int, counts: dict[str, int]) -> None:
+    async def _report(
+        self,
+        cut: releases.Cut | releases.CompletedCut,
+        partition: int,
+        counts: releases.PartCounts,
+    ) -> None:
         """Tell the release coordinator this partition's part is written; returns once Kafka
         acknowledged it (a failure is retried by the failure policy)."""
-        report = {
+        report: PartitionReleased = {
             "batch_id": cut["batch_id"],
             "release_id": cut["release_id"],
             "partition": partition,
@@ -526,6 +555,3 @@ class JoinAgent:
         delivered = await self._topics.dead_letter.send(key=key, value=encoded)
         await delivered
         metrics.DEAD_LETTERS.labels(fields["reason"]).inc()
-
-
-_COUNTS = ("session_count", "event_count", "repeat_session_count", "deferred_session_count")

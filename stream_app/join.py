@@ -19,16 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas import event_item
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+# The table values, re-exported (other modules name them join.SessionEntry etc.).
+from schemas.records import EventPiece as EventPiece  # noqa: TC001
+from schemas.records import SessionEntry as SessionEntry  # noqa: TC001
+from schemas.records import StoredEvent as StoredEvent  # noqa: TC001
 
-SessionEntry = dict[str, Any]
-EventPiece = dict[str, Any]
-StoredEvent = dict[str, Any]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+    from schemas.records import EventItem, Registration, SessionEvent, SessionRegistered
 
 # A piece grows to about this size, then the next one starts: a changelog message stays far
 # below Kafka's 1 MB limit, and appending one event rewrites at most this much. An event
@@ -37,7 +40,13 @@ PIECE_BYTES = 64 * 1024
 _EVENT_OVERHEAD_BYTES = 48
 # What makes two registrations the same session. created_at and received_at_ms are left
 # out: a client retrying without created_at gets a new server time each time.
-_IDENTITY_FIELDS = ("search_query", "search_results", "search_meta", "user_id")
+_IdentityField = Literal["search_query", "search_results", "search_meta", "user_id"]
+_IDENTITY_FIELDS: tuple[_IdentityField, ...] = (
+    "search_query",
+    "search_results",
+    "search_meta",
+    "user_id",
+)
 # The registration offset of a session brought back from its released copy: before any cut.
 REVIVED_OFFSET = -1
 
@@ -70,7 +79,7 @@ def piece_key(session_id: str, index: int) -> str:
 
 
 def register(
-    entry: SessionEntry, record: dict[str, Any], offset: int
+    entry: SessionEntry, record: SessionRegistered, offset: int
 ) -> tuple[Registered, SessionEntry]:
     """Apply a SessionRegistered record read at ``offset``; the entry to write on NEW."""
     existing = entry["registration"]
@@ -80,7 +89,7 @@ def register(
         ):
             return Registered.DUPLICATE, entry
         return Registered.CONFLICT, entry
-    registration = {
+    registration: Registration = {
         "search_query": record["search_query"],
         "search_results": record["search_results"],
         "search_meta": record["search_meta"],
@@ -97,12 +106,12 @@ def register(
     }
 
 
-def conflicting_fields(entry: SessionEntry, record: dict[str, Any]) -> list[str]:
-    registration = entry["registration"] or {}
+def conflicting_fields(entry: SessionEntry, record: SessionRegistered) -> list[str]:
+    registration: Mapping[str, object] = entry["registration"] or {}
     return [name for name in _IDENTITY_FIELDS if registration.get(name) != record[name]]
 
 
-def stored_event(event: dict[str, Any], received_at_ms: int, offset: int) -> StoredEvent:
+def stored_event(event: EventItem, received_at_ms: int, offset: int) -> StoredEvent:
     """An event of a SessionEvents (or SessionEvent) record as the pieces keep it."""
     return {**event_item(event), "received_at_ms": received_at_ms, "offset": offset}
 
@@ -133,7 +142,7 @@ def append_events(
     entry: SessionEntry,
     last_piece: EventPiece | None,
     known_ids: set[str],
-    events: Iterable[dict[str, Any]],
+    events: Iterable[EventItem],
     received_at_ms: int,
     offset: int,
 ) -> Appended | None:
@@ -156,7 +165,7 @@ def append_events(
     waiting = entry["waiting_since_ms"]
     if entry["registration"] is None and waiting is None:
         waiting = received_at_ms
-    updated = {
+    updated: SessionEntry = {
         **appended.entry,
         "last_event_offset": offset,
         "last_active_ms": max(entry["last_active_ms"], received_at_ms),
@@ -185,7 +194,7 @@ def _with_events(
         current.append(stored)
         size += stored_size
     pieces[index] = {"session_id": session_id, "index": index, "events": current}
-    updated = {
+    updated: SessionEntry = {
         **entry,
         "event_count": entry["event_count"] + len(new),
         "piece_count": index + 1,
@@ -315,7 +324,7 @@ def revived(
     old = [stored_event(e, e["received_at_ms"], REVIVED_OFFSET) for e in released["events"]]
     old_ids = {event["event_id"] for event in old}
     new = [event for event in waiting_events if event["event_id"] not in old_ids]
-    registration = {
+    registration: Registration = {
         "search_query": released["search_query"],
         "search_results": released["search_results"],
         "search_meta": released["search_meta"],
@@ -325,7 +334,7 @@ def revived(
         "offset": REVIVED_OFFSET,
     }
     previous = released.get("previous_batch_id")
-    entry = {
+    entry: SessionEntry = {
         **new_entry(waiting["session_id"], waiting["partition"]),
         "registration": registration,
         "last_active_ms": waiting["last_active_ms"],
@@ -348,7 +357,7 @@ def revived(
     )
 
 
-def event_record(session_id: str, event: StoredEvent) -> dict[str, Any]:
+def event_record(session_id: str, event: StoredEvent) -> SessionEvent:
     """A stored event as the SessionEvent record it came from."""
     return {
         "session_id": session_id,

@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from stream_app import dead_letters
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Sized
 
     import faust
     from faust.types import TP, Message
@@ -175,7 +175,7 @@ class _ScrapeTime(Collector):
 
     def __init__(self, app: faust.App, tables: StreamTables, sources: Iterable[str]) -> None:
         self._app = app
-        self._tables = {
+        self._tables: dict[str, Sized] = {
             "sessions": tables.sessions,
             "pieces": tables.pieces,
             "partitions": tables.partitions,

@@ -24,9 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from schemas import event_item
+
+# The partition table's values, re-exported (other modules name them releases.CompletedCut).
+from schemas.records import CompletedCut as CompletedCut  # noqa: TC001
+from schemas.records import PartitionReleases as PartitionReleases  # noqa: TC001
 from stream_app import join
 
 if TYPE_CHECKING:
@@ -34,16 +38,44 @@ if TYPE_CHECKING:
 
     from bson import ObjectId
 
-    from stream_app.join import EventPiece, SessionEntry, StoredEvent
+    from schemas.records import (
+        PendingCut,
+        Registration,
+        ReleaseMarker,
+        SessionEntry,
+        StoredEvent,
+    )
+    from stream_app.join import EventPiece
 
-PartitionReleases = dict[str, Any]
-Cut = dict[str, Any]
-"""The offsets and inputs of one release in one partition."""
-CompletedCut = dict[str, Any]
-"""A ``CompletedCut`` record: a release this partition completed, with its part's counts."""
+
+class Cut(TypedDict):
+    """The offsets and inputs of one release in one partition: a ``PendingCut`` once the
+    marker was read on both topics (both offsets known)."""
+
+    batch_id: str
+    release_id: str
+    requested_at_ms: int
+    min_idle_seconds: int
+    sessions_offset: int
+    events_offset: int
+
+
+class PartCounts(TypedDict):
+    """What a partition's part of a batch holds, as reported and remembered."""
+
+    session_count: int
+    event_count: int
+    repeat_session_count: int
+    deferred_session_count: int
+
 
 SESSIONS = "sessions"
 EVENTS = "events"
+# Where a pending cut keeps the marker's offset on each topic.
+_OFFSET_KEYS: dict[str, Literal["sessions_offset", "events_offset"]] = {
+    SESSIONS: "sessions_offset",
+    EVENTS: "events_offset",
+}
 
 
 class MarkerOutcome(Enum):
@@ -58,7 +90,7 @@ def new_partition_state(partition: int) -> PartitionReleases:
 
 
 def on_marker(
-    state: PartitionReleases, marker: dict[str, Any], topic: str, offset: int
+    state: PartitionReleases, marker: ReleaseMarker, topic: str, offset: int
 ) -> tuple[MarkerOutcome, PartitionReleases, Cut | CompletedCut | None]:
     """Apply a ReleaseMarker read on ``topic`` (SESSIONS or EVENTS) at ``offset``.
 
@@ -70,7 +102,9 @@ def on_marker(
     for completed in state["releases"]:
         if completed["batch_id"] == batch_id:
             return MarkerOutcome.REPLAY, state, completed
-    pending = next((p for p in state["pending"] if p["batch_id"] == batch_id), None)
+    pending: PendingCut | None = next(
+        (p for p in state["pending"] if p["batch_id"] == batch_id), None
+    )
     if pending is None:
         history = state["releases"]
         if history and marker["requested_at_ms"] < history[0]["requested_at_ms"]:
@@ -83,14 +117,17 @@ def on_marker(
             "sessions_offset": None,
             "events_offset": None,
         }
-    key = f"{topic}_offset"
+    key = _OFFSET_KEYS[topic]
     if pending[key] is None:  # a repeated marker keeps the first position
-        pending = {**pending, key: offset}
+        pending = pending.copy()
+        pending[key] = offset
     others = [p for p in state["pending"] if p["batch_id"] != batch_id]
     state = {**state, "pending": [*others, pending]}
-    if pending["sessions_offset"] is None or pending["events_offset"] is None:
+    sessions_offset, events_offset = pending["sessions_offset"], pending["events_offset"]
+    if sessions_offset is None or events_offset is None:
         return MarkerOutcome.WAITING, state, None
-    return MarkerOutcome.COMPLETE, state, dict(pending)
+    cut: Cut = {**pending, "sessions_offset": sessions_offset, "events_offset": events_offset}
+    return MarkerOutcome.COMPLETE, state, cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +143,14 @@ class Included:
     @property
     def is_repeat(self) -> bool:
         return self.previous_batch_id is not None
+
+    @property
+    def registration(self) -> Registration:
+        """The session's registration: :func:`select` includes only registered sessions."""
+        registration = self.entry["registration"]
+        if registration is None:
+            raise TypeError(f"session {self.entry['session_id']} in a release is not registered")
+        return registration
 
 
 @dataclass(slots=True)
@@ -169,7 +214,7 @@ def select(
             )
         )
     selection.included.sort(
-        key=lambda item: (item.entry["registration"]["offset"], item.entry["session_id"])
+        key=lambda item: (item.registration["offset"], item.entry["session_id"])
     )
     return selection
 
@@ -217,10 +262,10 @@ def repaired_mark(
 
 
 def record_release(
-    state: PartitionReleases, cut: Cut, counts: dict[str, int], history: int
+    state: PartitionReleases, cut: Cut, counts: PartCounts, history: int
 ) -> PartitionReleases:
     """The partition's state once its part of ``cut`` is written and reported."""
-    completed = {
+    completed: CompletedCut = {
         "batch_id": cut["batch_id"],
         "release_id": cut["release_id"],
         "requested_at_ms": cut["requested_at_ms"],
@@ -240,7 +285,7 @@ def batch_session_document(
 ) -> dict[str, Any]:
     """The MongoDB document of one session in a batch (see batches.store):
     ``events`` are the session's first ``item.event_count`` events."""
-    entry, registration = item.entry, item.entry["registration"]
+    entry, registration = item.entry, item.registration
     irrelevant_offset = entry["irrelevant_offset"]
     new_from = item.previous_event_count if item.is_repeat else 0
     return {

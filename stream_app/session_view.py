@@ -25,6 +25,8 @@ def public_state(
 ) -> dict[str, Any]:
     """A registered session's table entry, with its first events, as the API shows it."""
     registration = entry["registration"]
+    if registration is None:  # the caller answers 404 for a session not registered
+        raise TypeError(f"session {entry['session_id']} is not registered")
     return public_session(
         {
             "session_id": entry["session_id"],

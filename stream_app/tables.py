@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from faust.types import TableT
 
     from schemas import AvroCodec
+    from schemas.records import EventPiece, PartitionReleases, SessionEntry
 
 SESSION_ENTRY = SchemaName.SESSION_ENTRY
 EVENT_PIECE = SchemaName.EVENT_PIECE
@@ -53,11 +54,12 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
 
 @dataclass(frozen=True, slots=True)
 class StreamTables:
-    sessions: TableT[str, dict[str, Any]]
+    # The values are what AvroRecordCodec decodes with the record schema of each table.
+    sessions: TableT[str, SessionEntry]
     """session_id -> SessionEntry: a session's registration and the count of its events."""
-    pieces: TableT[str, dict[str, Any]]
+    pieces: TableT[str, EventPiece]
     """'<session_id>\\x00<index>' -> EventPiece: a session's events, in pieces."""
-    partitions: TableT[str, dict[str, Any]]
+    partitions: TableT[str, PartitionReleases]
     """'partition-<n>' -> PartitionReleases: the releases of one partition."""
 
 
@@ -74,7 +76,7 @@ def declare_tables(
     for name in (SESSION_ENTRY, EVENT_PIECE, PARTITION_RELEASES):
         codecs.register(name, AvroRecordCodec(avro, name))
 
-    def table(name: str, value_serializer: str, help_: str) -> TableT[str, dict[str, Any]]:
+    def table(name: str, value_serializer: str, help_: str) -> TableT[str, Any]:
         table = RawKeyTable(
             app,
             name=name,
