@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from schemas.records import (
         EventItem,
         PartitionReleased,
+        PartitionTick,
         ReleaseMarker,
         SessionEvent,
         SessionEvents,
@@ -301,7 +302,7 @@ class JoinAgent:
         """Dead-letter the events of sessions never registered within the wait, and retire
         sessions released with everything they have and quiet for the retention time."""
         partition = event.message.partition
-        now_ms = record["sent_at_ms"]
+        now_ms = cast("PartitionTick", record)["sent_at_ms"]
         expired = retired = revived = 0
         for entry in self._partition_entries(partition):
             if join.is_waiting_too_long(entry, now_ms, self._orphan_wait_ms):
