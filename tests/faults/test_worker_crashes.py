@@ -4,7 +4,7 @@ released exactly once, nothing lost, nothing doubled."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from clickstream.settings import Settings
     from deploy.local.servers import LocalGateway
     from schemas import AvroCodec
+    from tests.utils.clients import Acknowledged
     from tests.utils.pipeline import Worker
 
 
@@ -50,6 +51,20 @@ def _wait_released(gateway_url: str, settings: Settings, batch_id: str) -> dict[
     return eventually(released, timeout=180)  # type: ignore[no-any-return]
 
 
+def _release_last_and_count(
+    gateway_url: str,
+    settings: Settings,
+    batches: list[dict[str, object]],
+    acknowledged: Acknowledged,
+) -> tuple[dict[str, list[dict[str, Any]]], Counter[tuple[str, str]]]:
+    """Release what is left, then count: the batches in MongoDB are those released, and
+    every acknowledged click is in exactly one of them as new."""
+    batches.append(_release(gateway_url, settings))
+    stored = released_batches(settings)
+    assert set(stored) == {b["batch_id"] for b in batches}
+    return stored, assert_exactly_once(acknowledged, stored.values())
+
+
 def test_a_worker_killed_twice_under_load_releases_every_click_once(
     stream_settings: Settings,
     worker_factory: Callable[..., Worker],
@@ -67,11 +82,9 @@ def test_a_worker_killed_twice_under_load_releases_every_click_once(
                 batches.append(_release(gateway.address, stream_settings))
         clients.wait_for_events(clients.acknowledged.event_count() + 1000)
     acknowledged = clients.stop()
-    batches.append(_release(gateway.address, stream_settings))
-
-    stored = released_batches(stream_settings)
-    assert set(stored) == {b["batch_id"] for b in batches}
-    counted = assert_exactly_once(acknowledged, stored.values())
+    stored, counted = _release_last_and_count(
+        gateway.address, stream_settings, batches, acknowledged
+    )
     assert acknowledged.event_count() >= 4000
     assert sum(b["event_count"] for b in batches) >= len(counted), "repeats carry old clicks too"
     released_sessions = {s["session_id"] for sessions in stored.values() for s in sessions}
@@ -141,8 +154,4 @@ def test_sessions_retired_before_a_kill_are_not_released_again(
         batches.append(_release(gateway.address, stream_settings))
         clients.wait_for_events(clients.acknowledged.event_count() + 500)
     acknowledged = clients.stop()
-    batches.append(_release(gateway.address, stream_settings))
-
-    stored = released_batches(stream_settings)
-    assert set(stored) == {b["batch_id"] for b in batches}
-    assert_exactly_once(acknowledged, stored.values())
+    _release_last_and_count(gateway.address, stream_settings, batches, acknowledged)

@@ -182,6 +182,13 @@ class Soak:
                 "accounting": outcome,
                 "worker_rss_mb_first_5_min_max": _max_rss(self.samples, 0, 300),
                 "worker_rss_mb_last_5_min_max": _max_rss(self.samples, self.seconds - 300, 1e9),
+                # How long each worker restart took to be ready (its tables recovered), in
+                # order: flat if recovery reads the live state, not the whole history.
+                "worker_restart_s": [
+                    round(fault["took_s"], 1)
+                    for fault in self.faults
+                    if fault["fault"].startswith("worker SIGKILL")
+                ],
             },
             "last_release": last,
             "faults": self.faults,
