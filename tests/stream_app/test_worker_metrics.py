@@ -11,6 +11,7 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import Topics
+from tests.utils.kafka import TopicReader
 from tests.utils.payloads import event_body, new_id, session_body
 from tests.utils.pipeline import Pipeline, eventually, gateway_client
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from clickstream.settings import Settings
     from deploy.local.servers import LocalMongo
+    from schemas import AvroCodec
     from tests.utils.pipeline import Worker
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/clickstream.json"
@@ -143,30 +145,37 @@ def test_handler_retries_are_counted_and_the_retried_message_once(
     settings_factory: Callable[..., Settings],
     worker_factory: Callable[..., Worker],
     own_mongod: LocalMongo,
+    codec: AvroCodec,
 ) -> None:
-    """Events of a session the worker does not hold make it look for a released copy in
-    MongoDB; with MongoDB away that read fails and the message is retried until it is back."""
+    """Events whose session never came expire on a tick, which first looks for a released
+    copy of the session in MongoDB (a retired session); with MongoDB away that read fails
+    and the tick is retried until it is back, then the events are dead-lettered once."""
     settings = settings_factory(
         mongodb_uri=f"{own_mongod.address}&serverSelectionTimeoutMS=2000",
         tick_interval_seconds=0.5,
+        orphan_event_wait_seconds=1,
     )
     worker = worker_factory(settings).start()
     topics = Topics(settings.topic_prefix)
-    session = session_body()
+    orphan_id = new_id()
 
     def retries() -> float:
         return _scrape(worker.url)[("clickstream_worker_handler_retries_total", frozenset())]
+
+    def dead_letters() -> list[dict[str, object]]:
+        reader = TopicReader(settings.kafka_common_config(), codec)
+        return [m.record for m in reader.read(topics.dead_letter)]
 
     with gateway_client(settings, [worker]) as gateway:
         pipeline = Pipeline(settings, gateway, [worker])
         own_mongod.stop()
         try:
-            pipeline.add_events(session["session_id"], [event_body()])
+            pipeline.add_events(orphan_id, [event_body()])
             eventually(lambda: retries() >= 2, timeout=60)
+            assert dead_letters() == [], "nothing decided while MongoDB is away"
         finally:
             own_mongod.start()
-        pipeline.register(session)
-        pipeline.wait_session(session["session_id"], events=1, timeout=120)
+        eventually(lambda: len(dead_letters()) >= 1, timeout=120)
 
     samples = _scrape(worker.url)
     kinds = {
@@ -174,7 +183,8 @@ def test_handler_retries_are_counted_and_the_retried_message_once(
         for (name, labels), value in samples.items()
         if name == "clickstream_worker_messages_total"
     }
-    assert kinds[(topics.events, "SessionEvents")] == 1, "retried, yet handled once"
-    assert kinds[(topics.sessions, "SessionRegistered")] == 1
+    assert kinds[(topics.events, "SessionEvents")] == 1
+    [letter] = dead_letters()
+    assert (letter["reason"], letter["session_id"]) == ("orphan_event_expired", orphan_id)
     assert samples[("clickstream_worker_handler_retries_total", frozenset())] >= 2
     assert "worker stopping" not in worker.log(), "retried within its budget, not stopped"
