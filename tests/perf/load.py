@@ -77,16 +77,32 @@ def get(path: str) -> bytes:
 class Connection:
     """One keep-alive HTTP/1.1 connection, one request at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._address = (host, port)
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
         reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+        return cls(reader, writer, host, port)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            return await self._exchange(raw)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise
+            # The server closed this connection while it sat idle (uvicorn's keep-alive
+            # timeout): reconnect and send again, as HTTP clients do. Events carry their
+            # ids, so a request that did arrive is de-duplicated.
+            self.close()
+            self._reader, self._writer = await asyncio.open_connection(*self._address)
+            return await self._exchange(raw)
+
+    async def _exchange(self, raw: bytes) -> tuple[int, bytes]:
         self._writer.write(raw)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
