@@ -79,7 +79,7 @@ class JoinAgent:
         store: where batches are written.
         failures: what to do when handling a message fails.
         committed: the offset committed in a topic's partition (the next one a restarted
-            worker reads), None if this worker committed none there yet.
+            worker reads), None before the partition was assigned.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from stream_app.faust_fixes import (
     back_off_empty_fetches,
     bound_leave_group,
     check_faust_internals,
+    committed_offset,
 )
 from stream_app.kafka_security import faust_kafka_security
 from stream_app.metrics import attach_metrics
@@ -121,9 +122,7 @@ def create_app(
         tables,
         store,
         failures,
-        committed=lambda topic, partition: app.monitor.tp_committed_offsets.get(
-            TP(topic, partition)
-        ),
+        committed=lambda topic, partition: committed_offset(app, TP(topic, partition)),
     )
     app.agent(topics.source, name="join", concurrency=1)(agent)
 

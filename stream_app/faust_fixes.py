@@ -49,6 +49,10 @@ classes, which aiokafka builds inside its consumer's ``start()``.
    Kafka an empty answer comes only after the broker's own wait, so the pause costs
    nothing there.
 
+Relied upon, not replaced: retention asks :func:`committed_offset` what the group has
+committed (faust's ``Consumer._committed_offset``), so a session leaves the tables only
+once no restart can read it again.
+
 5. (``StreamApp.on_stop``) aiokafka's coordinator sends LeaveGroup only for dynamic
    members (``GroupCoordinator._maybe_leave_group``); the worker clears its instance id
    before stopping, so a clean stop hands its partitions over at once (Kafka Streams'
@@ -75,6 +79,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from stream_app.exceptions import FaustInternalsChangedError
 
 if TYPE_CHECKING:
+    import faust
     from faust.transport.producer import ProducerBuffer
     from faust.types import TP
 
@@ -106,6 +111,13 @@ FINGERPRINTS: dict[str, dict[str, str]] = {
     "back off after empty fetches": {
         "aiokafka.consumer.fetcher:Fetcher._proc_fetch_request": "59bf948fff47eed5",
         "aiokafka.consumer.fetcher:Fetcher._fetch_requests_routine": "2a8ec5932644c9b0",
+    },
+    "committed offsets for retention": {
+        # Consumer._committed_offset: filled from the group's offsets when faust seeks to
+        # them on assignment, then on every commit of this worker.
+        "faust.transport.consumer:Consumer.__init__": "302410d59e6972d1",
+        "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0afd8",
+        "faust.transport.consumer:Consumer._commit_offsets": "1a69799041188441",
     },
     "leave the group on a clean stop": {
         "aiokafka.consumer.group_coordinator:GroupCoordinator._maybe_leave_group": (
@@ -207,6 +219,16 @@ class FixedProducer(faust_aiokafka.Producer):
     async def flush(self) -> None:
         await flush_completely(cast("ProducerBuffer", self.buffer))
         await super().flush()
+
+
+def committed_offset(app: faust.App, tp: TP) -> int | None:
+    """The offset committed for ``tp`` (the next one a restarted worker reads), as this
+    worker's consumer knows it: the group's when its partitions were assigned, then each of
+    its own commits; None before either. Faust keeps it in ``Consumer._committed_offset``
+    (its monitor only sees this worker's own commits, so a partition idle since a restart
+    would have none)."""
+    offsets = cast("dict[TP, int | None]", app.consumer._committed_offset)  # type: ignore[attr-defined]
+    return offsets.get(tp)
 
 
 class FixedTransport(faust_aiokafka.Transport):

@@ -52,3 +52,26 @@ def test_a_retired_session_that_gets_clicks_again_is_released_as_a_repeat_with_o
         (later["event_id"], True),
     ]
     assert again["search_query"] == session["search_query"]
+
+
+def test_a_worker_restarted_while_nothing_comes_in_still_retires_released_sessions(
+    settings_factory: Callable[..., Settings], worker_factory: Callable[..., Worker]
+) -> None:
+    # A session retires only once its messages lie below the committed offsets: a worker
+    # restarted on idle partitions must know the group's offsets without committing any.
+    settings = settings_factory(session_retention_seconds=8, tick_interval_seconds=0.5)
+    worker = worker_factory(settings).start()
+    session = session_body()
+    with gateway_client(settings, [worker]) as gateway:
+        pipeline = Pipeline(settings, gateway, [worker])
+        pipeline.register(session)
+        pipeline.add_events(session["session_id"], [event_body()])
+        pipeline.wait_session(session["session_id"], events=1)
+        _released(pipeline)
+    worker.stop()
+
+    restarted = worker_factory(settings, restarting=worker).start()
+    with gateway_client(settings, [restarted]) as gateway:
+        pipeline = Pipeline(settings, gateway, [restarted])
+        assert pipeline.session(session["session_id"]).status_code == 200, "not retired yet"
+        eventually(lambda: pipeline.session(session["session_id"]).status_code == 404, timeout=60)
