@@ -193,6 +193,13 @@ class JoinAgent:
         if self._index is not None:
             self._index.setdefault(entry["partition"], set()).add(entry["session_id"])
 
+    def _put_appended(self, appended: join.Appended) -> None:
+        """Write a session's changed pieces, then its entry (which counts them)."""
+        session_id = appended.entry["session_id"]
+        for index, piece in appended.pieces.items():
+            self._pieces[join.piece_key(session_id, index)] = piece
+        self._put_entry(appended.entry)
+
     def _remove_session(self, entry: join.SessionEntry) -> None:
         session_id = entry["session_id"]
         for index in range(entry["piece_count"]):
@@ -275,9 +282,7 @@ class JoinAgent:
             return
         # No await from here to the cache update: the cache never disagrees with the tables.
         try:
-            for index, piece in appended.pieces.items():
-                self._pieces[join.piece_key(session_id, index)] = piece
-            self._put_entry(appended.entry)
+            self._put_appended(appended)
         except BaseException:
             self._known_ids.pop(session_id, None)
             raise
@@ -343,11 +348,9 @@ class JoinAgent:
             len(revived.new_ids),
         )
         # No await from here on: the tables and the caches change together.
-        for index, piece in revived.pieces.items():
-            self._pieces[join.piece_key(session_id, index)] = piece
+        self._put_appended(revived)
         for index in range(revived.entry["piece_count"], waiting["piece_count"]):
             self._pieces.pop(join.piece_key(session_id, index), None)
-        self._put_entry(revived.entry)
         self._known_ids.pop(session_id, None)
         self._checked.add(session_id)
         return True

@@ -89,20 +89,25 @@ def register(
         ):
             return Registered.DUPLICATE, entry
         return Registered.CONFLICT, entry
-    registration: Registration = {
-        "search_query": record["search_query"],
-        "search_results": record["search_results"],
-        "search_meta": record["search_meta"],
-        "user_id": record["user_id"],
-        "created_at": record["created_at"],
-        "received_at_ms": record["received_at_ms"],
-        "offset": offset,
-    }
     return Registered.NEW, {
         **entry,
-        "registration": registration,
+        "registration": _registration(record, record["received_at_ms"], offset),
         "waiting_since_ms": None,
         "last_active_ms": max(entry["last_active_ms"], record["received_at_ms"]),
+    }
+
+
+def _registration(source: Mapping[str, Any], received_at_ms: int, offset: int) -> Registration:
+    """A session's registration as its entry keeps it, from a SessionRegistered record or a
+    released copy of the session (both carry these fields)."""
+    return {
+        "search_query": source["search_query"],
+        "search_results": source["search_results"],
+        "search_meta": source["search_meta"],
+        "user_id": source["user_id"],
+        "created_at": source["created_at"],
+        "received_at_ms": received_at_ms,
+        "offset": offset,
     }
 
 
@@ -222,12 +227,10 @@ def count_before(
     count: int = entry["event_count"]
     if last is None or last < offset:
         return count
-    for index in reversed(range(entry["piece_count"])):
-        piece = read_piece(index)
-        for event in reversed(piece["events"] if piece else []):
-            if event["offset"] < offset:
-                return count
-            count -= 1
+    for event in _newest_first(entry, read_piece):
+        if event["offset"] < offset:
+            return count
+        count -= 1
     return count
 
 
@@ -241,12 +244,19 @@ def last_active_before(
     active: int = registration["received_at_ms"] if registration else 0
     if entry["last_event_offset"] is None:
         return active
+    for event in _newest_first(entry, read_piece):
+        if event["offset"] < offset:
+            return max(active, int(event["received_at_ms"]))
+    return active
+
+
+def _newest_first(
+    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]
+) -> Iterator[StoredEvent]:
+    """The session's events from the newest back, reading a piece only when reached."""
     for index in reversed(range(entry["piece_count"])):
         piece = read_piece(index)
-        for event in reversed(piece["events"] if piece else []):
-            if event["offset"] < offset:
-                return max(active, int(event["received_at_ms"]))
-    return active
+        yield from reversed(piece["events"] if piece else [])
 
 
 def reconciled(entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]) -> SessionEntry:
@@ -324,15 +334,9 @@ def revived(
     old = [stored_event(e, e["received_at_ms"], REVIVED_OFFSET) for e in released["events"]]
     old_ids = {event["event_id"] for event in old}
     new = [event for event in waiting_events if event["event_id"] not in old_ids]
-    registration: Registration = {
-        "search_query": released["search_query"],
-        "search_results": released["search_results"],
-        "search_meta": released["search_meta"],
-        "user_id": released["user_id"],
-        "created_at": released["created_at"],
-        "received_at_ms": waiting["waiting_since_ms"] or waiting["last_active_ms"],
-        "offset": REVIVED_OFFSET,
-    }
+    registration = _registration(
+        released, waiting["waiting_since_ms"] or waiting["last_active_ms"], REVIVED_OFFSET
+    )
     previous = released.get("previous_batch_id")
     entry: SessionEntry = {
         **new_entry(waiting["session_id"], waiting["partition"]),
