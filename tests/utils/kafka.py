@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 if TYPE_CHECKING:
+    from confluent_kafka import Message
+
     from schemas import AvroCodec
 
 
@@ -61,6 +63,26 @@ class TopicReader:
         return out
 
     def read(self, topic: str, timeout: float = 20.0) -> list[Published]:
+        out = []
+        for message in self.read_raw(topic, timeout):
+            value = message.value()
+            decoded = self._codec.decode(value)
+            out.append(
+                Published(
+                    topic,
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    decoded.name,
+                    decoded.record,
+                    value,
+                )
+            )
+        return sorted(out, key=lambda m: (m.partition, m.offset))
+
+    def read_raw(self, topic: str, timeout: float = 20.0) -> list[Message]:
+        """Every message of the topic, undecoded (tombstones too), as a reader from its
+        beginning gets them: what compaction left, in no particular order across partitions."""
         ends = {p: end for p, end in self.end_offsets(topic).items() if end > 0}
         if not ends:
             return []
@@ -75,7 +97,7 @@ class TopicReader:
         try:
             assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends]
             consumer.assign(assignment)
-            out: list[Published] = []
+            out: list[Message] = []
             deadline = time.monotonic() + timeout
             # Transaction markers take offsets too: done once every position reaches its end.
             while any(
@@ -87,22 +109,8 @@ class TopicReader:
                 for message in consumer.consume(1000, timeout=0.1):
                     if message.error():
                         raise RuntimeError(message.error())
-                    partition, offset = message.partition(), message.offset()
-                    if offset >= ends[partition]:
-                        continue
-                    value = message.value()
-                    decoded = self._codec.decode(value)
-                    out.append(
-                        Published(
-                            topic,
-                            partition,
-                            offset,
-                            message.key(),
-                            decoded.name,
-                            decoded.record,
-                            value,
-                        )
-                    )
-            return sorted(out, key=lambda m: (m.partition, m.offset))
+                    if message.offset() < ends[message.partition()]:
+                        out.append(message)
+            return out
         finally:
             consumer.close()
