@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench soak install clean
+.PHONY: run test lint bench profile soak install clean
 
 run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foreground
 	$(BIN)/clickstream run
@@ -16,6 +16,9 @@ test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
 
 bench: $(STAMP)  ## The pipeline (clickstream run) and the baseline under wrk, then the worker (BENCH_SECONDS, default 15)
 	$(BIN)/python -m tests.perf.bench
+
+profile: $(STAMP)  ## CPU by process and py-spy profiles of one bench cell: make profile CELL="single 32" (or "stream")
+	$(BIN)/python -m tests.perf.profile $(or $(CELL),single 32)
 
 soak: $(STAMP)  ## Half capacity for SOAK_SECONDS (1800) with worker kills and broker restarts
 	$(BIN)/python -m tests.perf.soak

@@ -64,6 +64,7 @@ from deploy.local.servers import (
     free_port,
 )
 from tests.perf.load import register_sessions
+from tests.perf.processes import CpuShares, run_roles
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -327,20 +328,6 @@ def run_load(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its children (uvicorn's workers)."""
-    total = 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -372,6 +359,11 @@ class Bench:
         self.token = secrets.token_hex(16)
         self.control_secret = secrets.token_hex(16)  # the workers started outside `run`
         self.generator = LoadGenerator()
+        # Settings for every process started here (the profiler's experiments).
+        self.extra_env: dict[str, str] = {}
+        # The bench's own mongod (the baseline's), for its CPU; None when external.
+        self.mongod_pid: int | None = None
+        self.broker_pid: int | None = None  # the stream scenarios' local broker
         self.results: dict[str, Any] = {}
         self.lagging: list[str] = []
         self.details: dict[str, Any] = {}
@@ -381,7 +373,7 @@ class Bench:
         return {"Authorization": f"Bearer {self.token}"}
 
     def common_env(self) -> dict[str, str]:
-        env = {**inherited_env(), "CLICKSTREAM_INTERNAL_TOKENS": self.token}
+        env = {**inherited_env(), "CLICKSTREAM_INTERNAL_TOKENS": self.token, **self.extra_env}
         if os.environ.get("BENCH_GATEWAY_PROCESSES"):
             env["CLICKSTREAM_HTTP_WORKERS"] = str(self.processes)
         return env
@@ -394,8 +386,10 @@ class Bench:
                 self.baseline_cell(load, connections)
                 self.pipeline_cell(load, connections)
 
-    def pipeline_cell(self, load: str, connections: int) -> None:
-        cell = f"pipeline_{load}_c{connections}"
+    @contextlib.contextmanager
+    def pipeline(self, cell: str, load: str) -> Iterator[tuple[PipelineRun, WorkerMetrics, str]]:
+        """A fresh ``clickstream run`` for one cell, its session pool registered and joined;
+        yields the run, its worker's metrics and the cell's id prefix. Stopped by SIGTERM."""
         directory = self.data_dir / cell
         web_port, kafka_port = free_port(), free_port()
         prefix = uuid.uuid4().hex[:8]
@@ -426,17 +420,24 @@ class Bench:
                 )
                 if metrics.caught_up(time.monotonic(), self.catch_up_timeout) is None:
                     raise TimeoutError(f"{cell}: the worker did not join the session pool")
-            sampler = LagSampler(metrics)
-            sampler.start()
-            result = self.generator.run(
-                run.port, load, connections, self.seconds, prefix, self.pool
-            )
-            stopped = time.monotonic()
-            lags = sampler.stop()
-            catch_up = metrics.caught_up(stopped, self.catch_up_timeout)
+            yield run, metrics, prefix
         finally:
             run.stop()
             shutil.rmtree(directory, ignore_errors=True)
+
+    def pipeline_cell(self, load: str, connections: int) -> None:
+        cell = f"pipeline_{load}_c{connections}"
+        with self.pipeline(cell, load) as (run, metrics, prefix):
+            sampler = LagSampler(metrics)
+            sampler.start()
+            with CpuShares(run_roles(run.pid or 0)) as cpu:
+                result = self.generator.run(
+                    run.port, load, connections, self.seconds, prefix, self.pool
+                )
+            stopped = time.monotonic()
+            lags = sampler.stop()
+            catch_up = metrics.caught_up(stopped, self.catch_up_timeout)
+        result["cores"] = cpu.cores
         result["worker_lag_max"] = max(lags, default=None)
         result["worker_lag_samples"] = lags
         result["catch_up_s"] = catch_up
@@ -467,15 +468,20 @@ class Bench:
             "BASELINE_MONGODB_DATABASE": database,
         }
         server = BaselineServer(self.data_dir / cell, env=env).start()
+        roles = {server.pid or 0: "baseline"}
+        if self.mongod_pid is not None:
+            roles[self.mongod_pid] = "mongod"
         try:
-            result = self.generator.run(
-                server.port, load, connections, self.seconds, uuid.uuid4().hex[:8], self.pool
-            )
+            with CpuShares(roles) as cpu:
+                result = self.generator.run(
+                    server.port, load, connections, self.seconds, uuid.uuid4().hex[:8], self.pool
+                )
         finally:
             server.stop()
             client: MongoClient[dict[str, Any]]
             with MongoClient(self.mongodb_uri) as client:
                 client.drop_database(database)
+        result["cores"] = cpu.cores
         self.details[cell] = result
         self.results[f"{cell}_events_per_s"] = round(result["events_per_s"])
         self.results[f"{cell}_p99_ms"] = round(result["p99_ms"], 1)
@@ -490,18 +496,19 @@ class Bench:
     # -- the stream worker's scenarios, on a broker of their own -----------------------
 
     @contextlib.contextmanager
-    def broker(self, name: str) -> Iterator[None]:
+    def broker(self, name: str) -> Iterator[LocalKafka | None]:
         """A local broker of the scenarios' own, its data deleted after (the local broker
         keeps all its data in one snapshot, and gigabytes of it slow it down). An external
         broker (CLICKSTREAM_KAFKA_BOOTSTRAP) is used as it is."""
         if self.external_bootstrap:
-            yield
+            yield None
             return
         kafka = LocalKafka(self.data_dir / f"kafka-{name}").start()
-        self.bootstrap = kafka.address
+        self.bootstrap, self.broker_pid = kafka.address, kafka.pid
         try:
-            yield
+            yield kafka
         finally:
+            self.broker_pid = None
             kafka.stop()
             shutil.rmtree(kafka.data_dir, ignore_errors=True)
 
@@ -525,6 +532,7 @@ class Bench:
             "CLICKSTREAM_LOG_LEVEL": "WARNING",
             "CLICKSTREAM_INTERNAL_TOKENS": self.token,
             "CLICKSTREAM_CONTROL_SECRET": self.control_secret,
+            **self.extra_env,
             **extra,
         }
 
@@ -543,7 +551,7 @@ class Bench:
         gateway.start()
         try:
             self._end_to_end(gateway)
-            self._stream(settings, workers[0], release_sessions)
+            self.stream(settings, workers[0], release_sessions)
             self._release(gateway, release_sessions)
             workers.append(self._retention(workers[0], worker_env))
         finally:
@@ -567,7 +575,7 @@ class Bench:
         self.results["e2e_offered_events_per_s"] = E2E_EVENTS_PER_S
         self.details["end_to_end"] = result
 
-    def _stream(self, settings: Settings, worker: LocalWorker, sessions: int) -> None:
+    def stream(self, settings: Settings, worker: LocalWorker, sessions: int) -> None:
         """Sessions of 5 events published straight to Kafka: the time until the worker has
         handled each (a registration and one SessionEvents message per session)."""
         events_each = 5
@@ -576,30 +584,32 @@ class Bench:
         rss_before = rss_mb(pid)
         target = joined(metrics) + sessions * 2
         publish: dict[str, Any] = {}
-        cpu_before = cpu_seconds(pid)
-        started = time.perf_counter()
-        publisher = threading.Thread(
-            target=lambda: publish.update(
-                run_load(
-                    {
-                        "scenario": "publish_sessions",
-                        "bootstrap": self.bootstrap,
-                        "topic_prefix": settings.topic_prefix,
-                        "sessions": sessions,
-                        "events_each": events_each,
-                    }
+        roles = {pid: "worker"}
+        if self.broker_pid is not None:
+            roles[self.broker_pid] = "broker"
+        with CpuShares(roles) as cpu:
+            started = time.perf_counter()
+            publisher = threading.Thread(
+                target=lambda: publish.update(
+                    run_load(
+                        {
+                            "scenario": "publish_sessions",
+                            "bootstrap": self.bootstrap,
+                            "topic_prefix": settings.topic_prefix,
+                            "sessions": sessions,
+                            "events_each": events_each,
+                        }
+                    )
                 )
             )
-        )
-        publisher.start()
-        deadline = started + 1800
-        while joined(metrics) < target:
-            if time.perf_counter() > deadline:
-                raise TimeoutError("the worker did not join every message within 30 minutes")
-            time.sleep(0.2)
-        joined_in = time.perf_counter() - started
-        publisher.join()
-        worker_cpu = (cpu_seconds(pid) - cpu_before) / joined_in
+            publisher.start()
+            deadline = started + 1800
+            while joined(metrics) < target:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("the worker did not join every message within 30 minutes")
+                time.sleep(0.2)
+            joined_in = time.perf_counter() - started
+            publisher.join()
         rss_after = rss_mb(pid)
         self.results["stream_events_per_s"] = round(sessions * events_each / joined_in)
         self.results["worker_rss_mb_per_100k_sessions"] = round(
@@ -610,7 +620,7 @@ class Bench:
             "events": sessions * events_each,
             "messages_per_s": sessions * 2 / joined_in,
             "seconds": joined_in,
-            "worker_cpu_cores": worker_cpu,
+            "cores": cpu.cores,
             "publish": publish,
             "worker_rss_mb_before": rss_before,
             "worker_rss_mb_after": rss_after,
@@ -760,6 +770,7 @@ def table(document: dict[str, Any]) -> str:
                 f" | {ratio:.2f}x | {value(f'{p}_p99_ms', 1)} | {r[f'{b}_p99_ms']:,.1f}"
                 f" | {r[f'{p}_catch_up_s']:,.2f} | {target} |"
             )
+    rows += cpu_rows(document["details"])
     rows += ["", "| figure | value | target | met |", "|---|---:|---|---|"]
     for key, target in (
         ("stream_events_per_s", ">= 10,000"),
@@ -780,6 +791,38 @@ def table(document: dict[str, Any]) -> str:
         f"process(es), baseline 1 process; (lagged): measured while the worker fell behind."
     )
     return "\n".join(rows)
+
+
+def cpu_rows(details: dict[str, Any]) -> list[str]:
+    """CPU per event (per session for ``sessions``) of each process, in microseconds: on
+    one machine the cores are shared, so the rate is at most the cores over their sum."""
+    if not all("cores" in details.get(f"pipeline_{load}_c32", {}) for load in LOADS):
+        return []  # results from before the bench measured it
+    roles = ("gateway", "worker", "broker", "baseline", "mongod")
+    rows = [
+        "",
+        "CPU per event (per session for `sessions`) in µs, by process, while the load ran"
+        " (the cores divided by the rate; `mongod` under the pipeline is the release's, idle"
+        " here):",
+        "",
+        "| load | conns | run | " + " | ".join(roles) + " | all |",
+        "|---|---:|---|" + "---:|" * (len(roles) + 1),
+    ]
+    for load in LOADS:
+        for c in CONNECTIONS:
+            for run in ("pipeline", "baseline"):
+                cell = details[f"{run}_{load}_c{c}"]
+                per_event = {
+                    role: cores * 1e6 / max(cell["events_per_s"], 1)
+                    for role, cores in cell["cores"].items()
+                }
+                shown = [f"{per_event[r]:,.0f}" if r in per_event else "" for r in roles]
+                rows.append(
+                    f"| {load} | {c} | {run} | "
+                    + " | ".join(shown)
+                    + f" | {sum(per_event.values()):,.0f} |"
+                )
+    return rows
 
 
 def write_table(document: dict[str, Any]) -> None:
@@ -803,10 +846,12 @@ def main() -> None:
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as servers:
-            mongodb_uri = external.mongodb_url
+            mongodb_uri, mongod_pid = external.mongodb_url, None
             if not mongodb_uri:
-                mongodb_uri = servers.enter_context(LocalMongo(data_dir / "mongod")).address
+                mongo = servers.enter_context(LocalMongo(data_dir / "mongod"))
+                mongodb_uri, mongod_pid = mongo.address, mongo.pid
             bench = Bench(seconds, external, mongodb_uri, data_dir)
+            bench.mongod_pid = mongod_pid
             bench.http_loads()
             with bench.broker("stream"):
                 bench.stream_scenarios(release_sessions)

@@ -1,0 +1,240 @@
+"""``make profile``: where the time goes in one bench cell, process by process.
+
+``python -m tests.perf.profile LOAD CONNECTIONS`` starts a fresh ``clickstream run`` exactly
+as ``make bench`` does for the cell ``pipeline_<LOAD>_c<CONNECTIONS>``, loads it with wrk
+for ``BENCH_SECONDS`` and meanwhile
+
+- reads the CPU time of every process of the run (gateway, worker, local broker, mongod)
+  and of the load generator from ``/proc``: which process holds the two cores;
+- samples the Python processes (gateway and worker) with py-spy (``PROFILE_RATE`` samples
+  a second of the thread holding the GIL, without pausing the process): in which
+  functions their interpreter time goes.
+
+``python -m tests.perf.profile stream`` profiles the bench's stream scenario instead
+(``BENCH_STREAM_SESSIONS``, default 50,000, sessions of 5 events straight to Kafka, one
+worker). ``PROFILE_CLICKSTREAM_<NAME>=value`` sets ``CLICKSTREAM_<NAME>`` for every process
+started, to compare settings.
+
+Writes ``tests/perf/profiles/<cell>.json`` (cores per process; per Python process the
+functions with the most samples, by their own time and with what they call) and prints a
+summary. py-spy needs ptrace: run as root or with ``kernel.yama.ptrace_scope`` 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from clickstream.log import configure_logging
+from clickstream.settings import Settings
+from deploy.local.servers import LocalMongo, LocalWorker
+from tests.perf.bench import LOADS, Bench
+from tests.perf.processes import CpuShares, run_roles
+
+logger = logging.getLogger("profile")
+
+PROFILES = Path(__file__).with_name("profiles")
+# py-spy's raw stacks (for speedscope or flamegraph.pl), kept out of the tree.
+RAW = Path(tempfile.gettempdir()) / "clickstream-profiles"
+TOP = 25
+
+
+def is_python(pid: int) -> bool:
+    try:
+        return "python" in Path(f"/proc/{pid}/exe").resolve().name
+    except OSError:
+        return False
+
+
+def summarize(raw: Path) -> dict[str, Any]:
+    """py-spy's raw (collapsed) stacks: the functions with most samples, by own time and
+    with callees. Frames are ``function (file:line)``; the line is dropped to merge a
+    function's samples."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_function(frame) for frame in stack.split(";")]
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    return {
+        "samples": total,
+        "own": [(name, round(100 * n / total, 1)) for name, n in own.most_common(TOP)],
+        "inclusive": [
+            (name, round(100 * n / total, 1)) for name, n in inclusive.most_common(TOP * 2)
+        ],
+    }
+
+
+def _function(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        path = path.removeprefix(str(Path(__file__).resolve().parents[2]) + "/")
+    return f"{name} ({path})"
+
+
+class Sampling:
+    """While open: py-spy on each Python process of ``roles`` (stopped by SIGINT, which
+    makes it write what it has) and their CPU time from ``/proc``."""
+
+    def __init__(self, roles: dict[int, str], rate: int, out_dir: Path) -> None:
+        self.roles, self.rate, self.out_dir = roles, rate, out_dir
+        self.spies: dict[int, tuple[Path, subprocess.Popen[bytes]]] = {}
+        self.cpu = CpuShares(roles)
+        self.python: dict[str, Any] = {}
+
+    def __enter__(self) -> Sampling:
+        for pid, name in self.roles.items():
+            if not is_python(pid):
+                continue
+            output = self.out_dir / f"{name}.txt"
+            command = [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--output",
+                str(output),
+                # Where the interpreter's time goes, without stopping the process for each
+                # sample (that halved the rates measured). PROFILE_PY_SPY replaces these,
+                # e.g. "--idle --threads --nonblocking" for where the threads wait.
+                *os.environ.get("PROFILE_PY_SPY", "--gil --nonblocking").split(),
+            ]
+            spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.spies[pid] = (output, spy)
+        self.cpu.__enter__()
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu.__exit__()
+        self.seconds = round(time.monotonic() - self.started, 1)
+        for pid, (output, spy) in self.spies.items():
+            spy.send_signal(signal.SIGINT)
+            _, errors = spy.communicate(timeout=120)
+            if output.exists():
+                self.python[self.roles[pid]] = summarize(output)
+            else:
+                logger.warning("py-spy wrote nothing pid=%s: %s", pid, errors.decode()[-500:])
+
+    def document(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "cores": self.cpu.cores, "python": self.python}
+
+
+def raw_dir(cell: str) -> Path:
+    directory = RAW / cell
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def profile_cell(bench: Bench, load: str, connections: int, rate: int) -> dict[str, Any]:
+    """One bench cell: ``clickstream run`` under wrk."""
+    cell = f"pipeline_{load}_c{connections}"
+    with bench.pipeline(cell, load) as (run, metrics, prefix):
+        roles = run_roles(run.pid or 0)
+        with Sampling(roles, rate, raw_dir(cell)) as sampling:
+            result = bench.generator.run(
+                run.port, load, connections, bench.seconds, prefix, bench.pool
+            )
+        catch_up = metrics.caught_up(time.monotonic(), bench.catch_up_timeout)
+    sampling.cpu.cores["load generator"] = round(result["load_cpu_cores"], 3)
+    return {
+        "cell": cell,
+        "events_per_s": round(result["events_per_s"]),
+        "p99_ms": round(result["p99_ms"], 1),
+        "catch_up_s": catch_up,
+        **sampling.document(),
+    }
+
+
+def profile_stream(bench: Bench, sessions: int, rate: int) -> dict[str, Any]:
+    """The bench's stream scenario: sessions of 5 events straight to Kafka, one worker."""
+    with bench.broker("stream") as kafka:
+        settings = bench.fresh("stream")
+        worker_dir = bench.data_dir / "worker"
+        env = bench.env(settings, CLICKSTREAM_WORKER_ID="profile")
+        env["CLICKSTREAM_DATA_DIR"] = str(worker_dir)
+        worker = LocalWorker(worker_dir, env=env).start(timeout=120)
+        try:
+            roles = {worker.pid or 0: "worker"}
+            if kafka is not None:
+                roles[kafka.pid or 0] = "broker"
+            with Sampling(roles, rate, raw_dir("stream")) as sampling:
+                bench.stream(settings, worker, sessions)
+        finally:
+            worker.stop()
+    return {
+        "cell": "stream",
+        "events_per_s": bench.results["stream_events_per_s"],
+        **sampling.document(),
+    }
+
+
+def report(document: dict[str, Any]) -> str:
+    lines = [
+        f"{document['cell']}: {document['events_per_s']:,} events/s, p99"
+        f" {document.get('p99_ms')} ms, caught up {document.get('catch_up_s')} s after",
+        "cores: " + ", ".join(f"{k} {v}" for k, v in document["cores"].items()),
+    ]
+    for name, figures in document["python"].items():
+        lines.append(f"\n{name} ({figures['samples']} samples), own time:")
+        lines += [f"  {share:5.1f}%  {function}" for function, share in figures["own"][:15]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    configure_logging("INFO")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    arguments = sys.argv[1:]
+    if not (arguments == ["stream"] or (len(arguments) == 2 and arguments[0] in LOADS)):
+        sys.exit(f"usage: python -m tests.perf.profile {{{'|'.join(LOADS)}}} CONNECTIONS | stream")
+    seconds = float(os.environ.get("BENCH_SECONDS", "15"))
+    rate = int(os.environ.get("PROFILE_RATE", "50"))
+    data_dir = Path(tempfile.mkdtemp(prefix="clickstream-profile-"))
+    try:
+        with LocalMongo(data_dir / "mongod") as mongo:
+            bench = Bench(seconds, Settings(), mongo.address, data_dir)
+            bench.extra_env = {
+                name.removeprefix("PROFILE_"): value
+                for name, value in os.environ.items()
+                if name.startswith("PROFILE_CLICKSTREAM_")
+            }
+            if arguments == ["stream"]:
+                sessions = int(os.environ.get("BENCH_STREAM_SESSIONS", "50000"))
+                document = profile_stream(bench, sessions, rate)
+            else:
+                document = profile_cell(bench, arguments[0], int(arguments[1]), rate)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    PROFILES.mkdir(exist_ok=True)
+    (PROFILES / f"{document['cell']}.json").write_text(json.dumps(document, indent=2) + "\n")
+    sys.stdout.write(report(document) + "\n")
+
+
+if __name__ == "__main__":
+    main()
