@@ -56,7 +56,7 @@ def _settings_secrets(request: Request, name: str) -> list[SecretStr]:
     return secrets
 
 
-def require_internal_token(
+async def require_internal_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -74,7 +74,9 @@ def require_internal_token(
         )
 
 
-def require_ingest_key(request: Request, key: Annotated[str | None, Depends(_ingest_key)]) -> None:
+async def require_ingest_key(
+    request: Request, key: Annotated[str | None, Depends(_ingest_key)]
+) -> None:
     """401 unless the request carries one of the ingest keys in ``X-Clickstream-Key``."""
     if not matches(key, _settings_secrets(request, "ingest_keys")):
         raise HTTPException(
