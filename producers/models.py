@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from clickstream.settings import Settings
-from schemas.json_text import to_json_text
+from schemas.json_text import checked_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,12 +62,13 @@ DEFAULT_LIMITS = Limits()
 
 
 def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None:
-        try:
-            to_json_text(value)
-        except ValueError:
-            raise ValueError("must not hold NaN or Infinity, which JSON cannot carry") from None
-    return value
+    """Refuses what JSON cannot carry; the text made for the check is kept for the message."""
+    if value is None:
+        return None
+    try:
+        return checked_json(value)
+    except ValueError:
+        raise ValueError("must not hold NaN or Infinity, which JSON cannot carry") from None
 
 
 def _whole_number(value: Any) -> Any:
