@@ -536,30 +536,35 @@ class Bench:
             **extra,
         }
 
-    def stream_scenarios(self, release_sessions: int) -> None:
+    @contextlib.contextmanager
+    def standalone(self) -> Iterator[tuple[Settings, LocalWorker, LocalGateway]]:
+        """A worker and a gateway of their own on fresh topics of the current broker."""
         settings = self.fresh("stream")
         worker_dir = self.data_dir / f"worker-{settings.topic_prefix}"
         worker_env = self.env(settings, CLICKSTREAM_WORKER_ID=f"bench-{uuid.uuid4().hex[:6]}")
         worker_env["CLICKSTREAM_DATA_DIR"] = str(worker_dir)
-        workers = [LocalWorker(worker_dir, env=worker_env).start(timeout=120)]
+        worker = LocalWorker(worker_dir, env=worker_env).start(timeout=120)
         gateway_env = self.env(
             settings,
-            CLICKSTREAM_WORKER_URLS=workers[0].address,
+            CLICKSTREAM_WORKER_URLS=worker.address,
             CLICKSTREAM_HTTP_WORKERS=str(self.processes),
         )
         gateway = LocalGateway(self.data_dir / f"gateway-{settings.topic_prefix}", env=gateway_env)
-        gateway.start()
         try:
-            self._end_to_end(gateway)
-            self.stream(settings, workers[0], release_sessions)
-            self._release(gateway, release_sessions)
-            workers.append(self._retention(workers[0], worker_env))
+            gateway.start()
+            yield settings, worker, gateway
         finally:
             gateway.stop()
-            for worker in workers:
-                worker.stop()
+            worker.stop()
 
-    def _end_to_end(self, gateway: LocalGateway) -> None:
+    def stream_scenarios(self, release_sessions: int) -> None:
+        with self.standalone() as (settings, worker, gateway):
+            self.end_to_end(gateway)
+            self.stream(settings, worker, release_sessions)
+            self.release(gateway, worker, release_sessions)
+            self.retention(worker)
+
+    def end_to_end(self, gateway: LocalGateway) -> None:
         result = run_load(
             {
                 "scenario": "end_to_end",
@@ -626,6 +631,15 @@ class Bench:
             "worker_rss_mb_after": rss_after,
         }
 
+    def release(self, gateway: LocalGateway, worker: LocalWorker, sessions: int) -> None:
+        roles = {worker.pid or 0: "worker", gateway.pid or 0: "gateway"}
+        for pid, role in ((self.broker_pid, "broker"), (self.mongod_pid, "mongod")):
+            if pid is not None:
+                roles[pid] = role
+        with CpuShares(roles) as cpu:
+            self._release(gateway, sessions)
+        self.details["release"]["cores"] = cpu.cores
+
     def _release(self, gateway: LocalGateway, sessions: int) -> None:
         started = time.perf_counter()
         answer = httpx.post(
@@ -650,7 +664,7 @@ class Bench:
         self.results["release_sessions_per_s"] = round(answer["session_count"] / released_in)
         self.details["release"] = {"seconds": released_in, **answer}
 
-    def _retention(self, worker: LocalWorker, env: dict[str, str]) -> LocalWorker:
+    def retention(self, worker: LocalWorker) -> None:
         """The worker's memory once the released sessions left its tables. The same worker
         (its identity, its tables from their changelogs) started again with a retention of
         5 s and a tick every second: with those from the start, the tick's pass over every
@@ -659,11 +673,17 @@ class Bench:
         worker.stop()
         started = time.monotonic()
         env = {
-            **env,
+            **(worker.env or {}),
             "CLICKSTREAM_SESSION_RETENTION_SECONDS": "5",
             "CLICKSTREAM_TICK_INTERVAL_SECONDS": "1",
         }
         restarted = LocalWorker(worker.data_dir, env=env).start(timeout=self.catch_up_timeout)
+        try:
+            self._retire(restarted, started, rss_released)
+        finally:
+            restarted.stop()
+
+    def _retire(self, restarted: LocalWorker, started: float, rss_released: float) -> None:
         recovered_in = time.monotonic() - started
         rss_recovered = rss_mb(restarted.pid or 0)
         metrics = WorkerMetrics(restarted.address)
@@ -686,7 +706,6 @@ class Bench:
             "session_entries_left": entries,
             "worker_rss_mb": rss,
         }
-        return restarted
 
 
 def joined(metrics: WorkerMetrics) -> float:

@@ -10,10 +10,11 @@ for ``BENCH_SECONDS`` and meanwhile
   a second of the thread holding the GIL, without pausing the process): in which
   functions their interpreter time goes.
 
-``python -m tests.perf.profile stream`` profiles the bench's stream scenario instead
-(``BENCH_STREAM_SESSIONS``, default 50,000, sessions of 5 events straight to Kafka, one
-worker). ``PROFILE_CLICKSTREAM_<NAME>=value`` sets ``CLICKSTREAM_<NAME>`` for every process
-started, to compare settings.
+``python -m tests.perf.profile e2e|stream|release`` profiles one of the bench's worker
+scenarios instead (a worker and a gateway on a broker of their own; ``stream`` and
+``release`` with ``BENCH_RELEASE_SESSIONS`` sessions, 50,000 by default).
+``PROFILE_CLICKSTREAM_<NAME>=value`` sets ``CLICKSTREAM_<NAME>`` for every process started,
+to compare settings. ``PROFILE_PY_SPY`` replaces py-spy's sampling options.
 
 Writes ``tests/perf/profiles/<cell>.json`` (cores per process; per Python process the
 functions with the most samples, by their own time and with what they call) and prints a
@@ -37,7 +38,7 @@ from typing import Any
 
 from clickstream.log import configure_logging
 from clickstream.settings import Settings
-from deploy.local.servers import LocalMongo, LocalWorker
+from deploy.local.servers import LocalMongo
 from tests.perf.bench import LOADS, Bench
 from tests.perf.processes import CpuShares, run_roles
 
@@ -172,33 +173,37 @@ def profile_cell(bench: Bench, load: str, connections: int, rate: int) -> dict[s
     }
 
 
-def profile_stream(bench: Bench, sessions: int, rate: int) -> dict[str, Any]:
-    """The bench's stream scenario: sessions of 5 events straight to Kafka, one worker."""
-    with bench.broker("stream") as kafka:
-        settings = bench.fresh("stream")
-        worker_dir = bench.data_dir / "worker"
-        env = bench.env(settings, CLICKSTREAM_WORKER_ID="profile")
-        env["CLICKSTREAM_DATA_DIR"] = str(worker_dir)
-        worker = LocalWorker(worker_dir, env=env).start(timeout=120)
-        try:
-            roles = {worker.pid or 0: "worker"}
-            if kafka is not None:
-                roles[kafka.pid or 0] = "broker"
-            with Sampling(roles, rate, raw_dir("stream")) as sampling:
+def profile_standalone(bench: Bench, scenario: str, sessions: int, rate: int) -> dict[str, Any]:
+    """The bench's worker scenarios on a broker of their own: ``e2e`` (2,000 events/s
+    through the gateway, GET session until they show), ``stream`` (sessions of 5 events
+    straight to Kafka) or ``release`` (of sessions streamed first, not profiled)."""
+    with bench.broker("stream") as kafka, bench.standalone() as (settings, worker, gateway):
+        roles = {worker.pid or 0: "worker", gateway.pid or 0: "gateway"}
+        if kafka is not None:
+            roles[kafka.pid or 0] = "broker"
+        if scenario == "release":
+            bench.stream(settings, worker, sessions)
+            if bench.mongod_pid is not None:
+                roles[bench.mongod_pid] = "mongod"
+        with Sampling(roles, rate, raw_dir(scenario)) as sampling:
+            if scenario == "e2e":
+                bench.end_to_end(gateway)
+            elif scenario == "stream":
                 bench.stream(settings, worker, sessions)
-        finally:
-            worker.stop()
-    return {
-        "cell": "stream",
-        "events_per_s": bench.results["stream_events_per_s"],
-        **sampling.document(),
-    }
+            else:
+                bench.release(gateway, worker, sessions)
+    figures = {
+        "e2e": {"e2e_p99_ms": bench.results.get("e2e_p99_ms")},
+        "stream": {"events_per_s": bench.results.get("stream_events_per_s")},
+        "release": {"sessions_per_s": bench.results.get("release_sessions_per_s")},
+    }[scenario]
+    return {"cell": scenario, **figures, **sampling.document()}
 
 
 def report(document: dict[str, Any]) -> str:
+    figures = {k: v for k, v in document.items() if k not in ("cell", "cores", "python")}
     lines = [
-        f"{document['cell']}: {document['events_per_s']:,} events/s, p99"
-        f" {document.get('p99_ms')} ms, caught up {document.get('catch_up_s')} s after",
+        f"{document['cell']}: " + ", ".join(f"{k} {v}" for k, v in figures.items()),
         "cores: " + ", ".join(f"{k} {v}" for k, v in document["cores"].items()),
     ]
     for name, figures in document["python"].items():
@@ -211,22 +216,27 @@ def main() -> None:
     configure_logging("INFO")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     arguments = sys.argv[1:]
-    if not (arguments == ["stream"] or (len(arguments) == 2 and arguments[0] in LOADS)):
-        sys.exit(f"usage: python -m tests.perf.profile {{{'|'.join(LOADS)}}} CONNECTIONS | stream")
+    standalone = arguments in (["e2e"], ["stream"], ["release"])
+    if not (standalone or (len(arguments) == 2 and arguments[0] in LOADS)):
+        sys.exit(
+            f"usage: python -m tests.perf.profile {{{'|'.join(LOADS)}}} CONNECTIONS"
+            " | e2e | stream | release"
+        )
     seconds = float(os.environ.get("BENCH_SECONDS", "15"))
     rate = int(os.environ.get("PROFILE_RATE", "50"))
     data_dir = Path(tempfile.mkdtemp(prefix="clickstream-profile-"))
     try:
         with LocalMongo(data_dir / "mongod") as mongo:
             bench = Bench(seconds, Settings(), mongo.address, data_dir)
+            bench.mongod_pid = mongo.pid
             bench.extra_env = {
                 name.removeprefix("PROFILE_"): value
                 for name, value in os.environ.items()
                 if name.startswith("PROFILE_CLICKSTREAM_")
             }
-            if arguments == ["stream"]:
-                sessions = int(os.environ.get("BENCH_STREAM_SESSIONS", "50000"))
-                document = profile_stream(bench, sessions, rate)
+            if standalone:
+                sessions = int(os.environ.get("BENCH_RELEASE_SESSIONS", "50000"))
+                document = profile_standalone(bench, arguments[0], sessions, rate)
             else:
                 document = profile_cell(bench, arguments[0], int(arguments[1]), rate)
     finally:
