@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from schemas import AvroCodec
     from tests.utils.pipeline import Worker
 
-_REQUESTS = 400
+_REQUESTS = 600
 
 
 def test_a_session_changed_many_times_leaves_few_messages_in_the_changelogs(
@@ -26,19 +26,20 @@ def test_a_session_changed_many_times_leaves_few_messages_in_the_changelogs(
 ) -> None:
     settings = stream_settings.model_copy(update={"changelog_segment_bytes": 1024 * 1024})
     worker = worker_factory(settings).start()
-    session = session_body()
-    meta = {"note": "x" * 300}
+    # The entry holds the registration: 16 KB of search_meta make each rewrite 16 KB.
+    session = session_body(search_meta={"note": "x" * 16_000})
     with ClickstreamProducer(settings) as producer:
         producer.register_session(session)
         for _ in range(_REQUESTS):  # one request at a time: each rewrites the session
-            producer.add_events(session["session_id"], [event_body(meta=meta)])
+            producer.add_events(session["session_id"], [event_body()])
     with gateway_client(settings, [worker]) as gateway:
         Pipeline(settings, gateway, [worker]).wait_session(
             session["session_id"], events=_REQUESTS, timeout=120
         )
 
-    # Each request rewrote the session's entry and its last piece: 400 changes each, the
-    # pieces' adding up to megabytes. Compaction keeps about the latest of each.
-    pieces = f"{Topics(settings.topic_prefix).stream_app_id}-event-pieces-changelog"
+    # Each request rewrote the session's entry: 600 changes of one key, about 10 MB in
+    # 1 MiB segments. Compaction keeps about the latest of each closed segment; the open
+    # one holds at most 64 of them.
+    entries = f"{Topics(settings.topic_prefix).stream_app_id}-session-entries-changelog"
     reader = TopicReader(settings.kafka_common_config(), codec)
-    assert eventually(lambda: len(reader.read_raw(pieces)) < _REQUESTS / 4, timeout=120)
+    assert eventually(lambda: len(reader.read_raw(entries)) < _REQUESTS / 4, timeout=120)
