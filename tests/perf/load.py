@@ -283,7 +283,8 @@ def register_sessions(bootstrap: str, topic_prefix: str, session_ids: list[str])
 
 def publish_sessions(spec: dict[str, Any]) -> dict[str, Any]:
     """``sessions`` sessions of ``events_each`` events, straight to Kafka (as a service using
-    the producer library would), for the stream and release scenarios."""
+    the producer library would), for the stream and release scenarios: a registration, then
+    each event in a message of its own (the stream figure is of single-event messages)."""
     settings = Settings(kafka_bootstrap=spec["bootstrap"], topic_prefix=spec["topic_prefix"])
     builder = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
     producer = Producer(settings.kafka_producer_config())
@@ -293,9 +294,14 @@ def publish_sessions(spec: dict[str, Any]) -> dict[str, Any]:
     for _ in range(spec["sessions"]):
         session_id = _id()
         session = builder.session(SessionIn.model_validate(session_json(session_id)), now)
-        events = builder.events(
-            EventsIn.model_validate(events_json(session_id, spec["events_each"])), now
-        )
+        body = events_json(session_id, spec["events_each"])
+        events = [
+            message
+            for event in body["events"]
+            for message in builder.events(
+                EventsIn.model_validate({"session_id": session_id, "events": [event]}), now
+            )
+        ]
         for message in (session.message, *events):
             _produce(producer, message)
             count += 1
