@@ -15,6 +15,8 @@ scenarios instead (a worker and a gateway on a broker of their own; ``stream`` a
 ``release`` with ``BENCH_RELEASE_SESSIONS`` sessions, 50,000 by default).
 ``PROFILE_CLICKSTREAM_<NAME>=value`` sets ``CLICKSTREAM_<NAME>`` for every process started,
 to compare settings. ``PROFILE_PY_SPY`` replaces py-spy's sampling options.
+``python -m tests.perf.profile broker`` measures the local broker alone: a bare producer at
+the gateway's message sizes and rates of the c4 cells, open loop.
 
 Writes ``tests/perf/profiles/<cell>.json`` (cores per process; per Python process the
 functions with the most samples, by their own time and with what they call) and prints a
@@ -36,9 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
 from clickstream.log import configure_logging
 from clickstream.settings import Settings
-from deploy.local.servers import LocalMongo
+from deploy.local.servers import LocalKafka, LocalMongo
 from tests.perf.bench import LOADS, Bench
 from tests.perf.processes import CpuShares, run_roles
 
@@ -200,6 +205,58 @@ def profile_standalone(bench: Bench, scenario: str, sessions: int, rate: int) ->
     return {"cell": scenario, **figures, **sampling.document()}
 
 
+# (bytes per message, messages per second): about what the gateway sends in the c4 cells
+# of the single and batch100 loads.
+BARE_PRODUCER_LOADS = ((300, 1500), (8500, 530))
+
+
+def profile_broker(seconds: float, data_dir: Path) -> dict[str, Any]:
+    """The local broker alone: a bare producer with the gateway's settings, at a fixed rate
+    (open loop), on a fresh broker per load, nothing else running. Each message's time from
+    produce to acknowledgement: the tail the broker brings by itself."""
+    loads = {}
+    for size, rate in BARE_PRODUCER_LOADS:
+        with LocalKafka(data_dir / f"kafka-{size}") as kafka:
+            admin = AdminClient({"bootstrap.servers": kafka.address})
+            admin.create_topics([NewTopic("bare", 6, 1)])["bare"].result()
+            producer = Producer(Settings(kafka_bootstrap=kafka.address).kafka_producer_config())
+            # An idempotent producer's first messages wait about a second for its producer
+            # id: warmed up first, as the gateway's producer is before any request comes.
+            producer.produce("bare", b"warm-up")
+            producer.flush(30)
+            with CpuShares({kafka.pid or 0: "broker"}) as cpu:
+                latencies = _produce_at(producer, size, rate, seconds)
+        latencies.sort()
+        loads[f"{size}B_at_{rate}_per_s"] = {
+            "messages": len(latencies),
+            "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
+            "max_ms": round(latencies[-1] * 1000, 1),
+            "broker_cores": cpu.cores["broker"],
+        }
+    return {"cell": "broker", "loads": loads, "cores": {}, "python": {}}
+
+
+def _produce_at(producer: Producer, size: int, rate: float, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    payload = b"x" * size
+    started, sent = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        due = started + sent / rate
+        while time.perf_counter() < due:
+            producer.poll(0.0005)
+        at = time.perf_counter()
+        producer.produce(
+            "bare",
+            payload,
+            str(sent).encode(),
+            on_delivery=lambda _err, _msg, at=at: latencies.append(time.perf_counter() - at),
+        )
+        sent += 1
+    producer.flush(60)
+    return latencies
+
+
 def report(document: dict[str, Any]) -> str:
     figures = {k: v for k, v in document.items() if k not in ("cell", "cores", "python")}
     lines = [
@@ -217,10 +274,20 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     arguments = sys.argv[1:]
     standalone = arguments in (["e2e"], ["stream"], ["release"])
+    if arguments == ["broker"]:
+        data_dir = Path(tempfile.mkdtemp(prefix="clickstream-profile-"))
+        try:
+            document = profile_broker(float(os.environ.get("BENCH_SECONDS", "15")), data_dir)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        PROFILES.mkdir(exist_ok=True)
+        (PROFILES / "broker.json").write_text(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json.dumps(document["loads"], indent=2) + "\n")
+        return
     if not (standalone or (len(arguments) == 2 and arguments[0] in LOADS)):
         sys.exit(
             f"usage: python -m tests.perf.profile {{{'|'.join(LOADS)}}} CONNECTIONS"
-            " | e2e | stream | release"
+            " | e2e | stream | release | broker"
         )
     seconds = float(os.environ.get("BENCH_SECONDS", "15"))
     rate = int(os.environ.get("PROFILE_RATE", "50"))
