@@ -69,6 +69,7 @@ def run_locally(settings: Settings) -> None:
                 runtime.worker_web_port,
                 env={**os.environ, **runtime.environment()},
             )
+            worker.nice = runtime.local_worker_nice
             with WorkerWatch(worker) as watch:
                 logger.info("worker ready url=%s log=%s", worker.address, worker.log_file)
                 _write_run_file(runtime, bootstrap, mongodb_uri)

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -496,9 +497,16 @@ class LocalWorker(LocalHttpProcess):
     port_setting = "CLICKSTREAM_WORKER_WEB_PORT"
     ready_path = "/ready/"
     stop_timeout = 60.0
+    # Run under nice(1) with this increment (0: not), e.g. below a gateway on one machine.
+    nice = 0
 
     def command(self) -> list[str]:
-        return [str(self.binary()), "-m", "deploy.cli", "worker"]
+        command = [str(self.binary()), "-m", "deploy.cli", "worker"]
+        nice = shutil.which("nice")
+        if self.nice and nice:
+            # nice execs the worker: the pid, and everything that signals it, stay the same.
+            return [nice, "-n", str(self.nice), *command]
+        return command
 
 
 class LocalGateway(LocalHttpProcess):

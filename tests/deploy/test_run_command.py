@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from clickstream.settings import Settings
 from deploy.local.servers import free_port, is_running
 from schemas import Topics
 from tests.servers import USE_DOCKER
@@ -88,6 +89,7 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     try:
         servers = run.wait_ready()
         pids = run.server_pids()
+        niceness = {pid: _nice(pid) for pid in pids}
         session = session_body()
         events = events_body(session["session_id"], count=3)
 
@@ -118,6 +120,8 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     assert (released.json()["session_count"], released.json()["event_count"]) == (1, 3)
     assert run.process.returncode == 0, output
     assert len(pids) == 3, "a broker, a mongod and a stream worker"
+    # The worker yields the cores to the gateway and the servers it waits on.
+    assert sorted(niceness.values()) == [0, 0, Settings().local_worker_nice], niceness
     assert not [pid for pid in pids if is_running(pid)], "no server outlives the run"
     assert not list(data_dir.glob("*.pid"))
     assert servers["http_url"] == run.url
@@ -137,3 +141,7 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     registrations = [m for m in kept if m.name == "clickstream.SessionRegistered"]
     assert [m.record["session_id"] for m in registrations] == [session["session_id"]]
     assert batch.json() == released.json(), "the batch outlives the run, and so does the token"
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])

@@ -15,8 +15,10 @@ scenarios instead (a worker and a gateway on a broker of their own; ``stream`` a
 ``release`` with ``BENCH_RELEASE_SESSIONS`` sessions, 50,000 by default).
 ``PROFILE_CLICKSTREAM_<NAME>=value`` sets ``CLICKSTREAM_<NAME>`` for every process started,
 to compare settings. ``PROFILE_PY_SPY`` replaces py-spy's sampling options.
-``python -m tests.perf.profile broker`` measures the local broker alone: a bare producer at
-the gateway's message sizes and rates of the c4 cells, open loop.
+``PROFILE_PAUSE_WORKER=1`` stops the worker (SIGSTOP) while the load runs, to see the
+gateway's figures without it. ``python -m tests.perf.profile broker`` measures the local
+broker alone: a bare producer at the gateway's message sizes and rates of the c4 cells,
+open loop.
 
 Writes ``tests/perf/profiles/<cell>.json`` (cores per process; per Python process the
 functions with the most samples, by their own time and with what they call) and prints a
@@ -68,6 +70,7 @@ def summarize(raw: Path) -> dict[str, Any]:
     function's samples."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -77,15 +80,29 @@ def summarize(raw: Path) -> dict[str, Any]:
         total += count
         frames = [_function(frame) for frame in stack.split(";")]
         own[frames[-1]] += count
+        packages[_package(frames[-1])] += count
         for name in set(frames):
             inclusive[name] += count
     return {
         "samples": total,
+        "packages": [(name, round(100 * n / total, 1)) for name, n in packages.most_common()],
         "own": [(name, round(100 * n / total, 1)) for name, n in own.most_common(TOP)],
         "inclusive": [
             (name, round(100 * n / total, 1)) for name, n in inclusive.most_common(TOP * 2)
         ],
     }
+
+
+_OURS = ("batches", "clickstream", "consumers", "deploy", "producers", "schemas", "stream_app")
+
+
+def _package(function: str) -> str:
+    """The top-level package of a function as ``_function`` names it (ours marked so)."""
+    path = function.rsplit(" (", 1)[-1].rstrip(")")
+    top = path.split("/", 1)[0] if "/" in path else "(python)"
+    if top.startswith("<") or top.endswith(".py"):
+        top = "(python)"
+    return f"{top} (ours)" if top in _OURS else top
 
 
 def _function(frame: str) -> str:
@@ -158,20 +175,31 @@ def raw_dir(cell: str) -> Path:
     return directory
 
 
-def profile_cell(bench: Bench, load: str, connections: int, rate: int) -> dict[str, Any]:
-    """One bench cell: ``clickstream run`` under wrk."""
-    cell = f"pipeline_{load}_c{connections}"
+def profile_cell(
+    bench: Bench, load: str, connections: int, rate: int, pause_worker: bool = False
+) -> dict[str, Any]:
+    """One bench cell: ``clickstream run`` under wrk. With ``pause_worker`` the worker is
+    stopped (SIGSTOP) while the load runs: what the gateway's figures are without it."""
+    cell = f"pipeline_{load}_c{connections}" + ("_worker_paused" if pause_worker else "")
     with bench.pipeline(cell, load) as (run, metrics, prefix):
         roles = run_roles(run.pid or 0)
-        with Sampling(roles, rate, raw_dir(cell)) as sampling:
-            result = bench.generator.run(
-                run.port, load, connections, bench.seconds, prefix, bench.pool
-            )
+        worker = next(pid for pid, role in roles.items() if role == "worker")
+        if pause_worker:
+            os.kill(worker, signal.SIGSTOP)
+        try:
+            with Sampling(roles, rate, raw_dir(cell)) as sampling:
+                result = bench.generator.run(
+                    run.port, load, connections, bench.seconds, prefix, bench.pool
+                )
+        finally:
+            if pause_worker:
+                os.kill(worker, signal.SIGCONT)
         catch_up = metrics.caught_up(time.monotonic(), bench.catch_up_timeout)
     sampling.cpu.cores["load generator"] = round(result["load_cpu_cores"], 3)
     return {
         "cell": cell,
         "events_per_s": round(result["events_per_s"]),
+        "p50_ms": round(result["p50_ms"], 2),
         "p99_ms": round(result["p99_ms"], 1),
         "catch_up_s": catch_up,
         **sampling.document(),
@@ -305,7 +333,8 @@ def main() -> None:
                 sessions = int(os.environ.get("BENCH_RELEASE_SESSIONS", "50000"))
                 document = profile_standalone(bench, arguments[0], sessions, rate)
             else:
-                document = profile_cell(bench, arguments[0], int(arguments[1]), rate)
+                pause = os.environ.get("PROFILE_PAUSE_WORKER") == "1"
+                document = profile_cell(bench, arguments[0], int(arguments[1]), rate, pause)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     PROFILES.mkdir(exist_ok=True)
