@@ -17,7 +17,7 @@ test: $(STAMP)  ## Run the whole test suite on its own servers (free ports)
 bench: $(STAMP)  ## The pipeline (clickstream run) and the baseline under wrk, then the worker (BENCH_SECONDS, default 15)
 	$(BIN)/python -m tests.perf.bench
 
-profile: $(STAMP)  ## CPU by process and py-spy profiles of one bench cell: make profile CELL="single 32" (or "stream")
+profile: $(STAMP)  ## CPU by process and py-spy profiles of one bench cell: make profile CELL="single 32" (or e2e, stream, release, broker)
 	$(BIN)/python -m tests.perf.profile $(or $(CELL),single 32)
 
 soak: $(STAMP)  ## Half capacity for SOAK_SECONDS (1800) with worker kills and broker restarts
