@@ -19,6 +19,7 @@ until it completes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import struct
@@ -35,10 +36,10 @@ from clickstream.clock import now_ms
 from schemas import MalformedMessageError, SchemaName, Topics
 from stream_app import dead_letters, metrics
 from stream_app.control_auth import ControlAuth
-from stream_app.exceptions import MarkerDeliveryError
+from stream_app.exceptions import KafkaCallStuckError, MarkerDeliveryError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from confluent_kafka import KafkaError, Message
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _KAFKA_TIMEOUT = 30.0
+# How long past its own timeout a librdkafka call may block before the worker stops.
+_STUCK_MARGIN_SECONDS = 30.0
 # How long the releases topic's end offset may take to read before it is fetched anyway.
 _END_OFFSET_TIMEOUT = 2.0
 # The longest wait for the first message once the releases partition is assigned again.
@@ -85,12 +88,14 @@ class ReleaseCoordinator:
         store: BatchStore,
         avro: AvroCodec,
         is_leader: Callable[[], bool],
+        on_stuck: Callable[[BaseException, str], None],
     ) -> None:
         self._settings = settings
         self._names = Topics(settings.topic_prefix)
         self._store = store
         self._avro = avro
         self._is_leader = is_leader
+        self._bounded = CallWatchdog(_KAFKA_TIMEOUT + _STUCK_MARGIN_SECONDS, on_stuck)
         self._control = ControlAuth.from_settings(settings)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="release-coordinator", daemon=True)
@@ -163,14 +168,17 @@ class ReleaseCoordinator:
             for message in messages:
                 self._handle(message, plain, producer)
             self._check_markers_delivered(plain)
-            producer.send_offsets_to_transaction(
-                reader.offsets(), reader.consumer.consumer_group_metadata(), _KAFKA_TIMEOUT
-            )
-            producer.commit_transaction(_KAFKA_TIMEOUT)
+            with self._bounded("send_offsets_to_transaction"):
+                producer.send_offsets_to_transaction(
+                    reader.offsets(), reader.consumer.consumer_group_metadata(), _KAFKA_TIMEOUT
+                )
+            with self._bounded("commit_transaction"):
+                producer.commit_transaction(_KAFKA_TIMEOUT)
             metrics.RELEASES.committed()
         except Exception as exc:
             logger.exception("release coordinator poll failed; it will be replayed")
-            producer.abort_transaction(_KAFKA_TIMEOUT)  # raises if fenced: start again
+            with self._bounded("abort_transaction"):
+                producer.abort_transaction(_KAFKA_TIMEOUT)  # raises if fenced: start again
             reader.rewind()
             if isinstance(exc, MarkerDeliveryError):
                 raise  # the replay starts with new producers: the old one may be unusable
@@ -392,6 +400,32 @@ class ReleaseCoordinator:
         for partition in range(self._settings.topic_partitions):
             plain.produce(self._names.sessions, tick, partition=partition, headers=signed)
         plain.poll(0)
+
+
+class CallWatchdog:
+    """Stops the worker when a blocking call outlives ``seconds``.
+
+    librdkafka's ``send_offsets_to_transaction`` can block forever, whatever its timeout,
+    once the group coordinator it cached went away (librdkafka issues 5456 and 5511; seen
+    here in a soak when a release came in just as the broker was back from a restart). The
+    thread cannot be freed, so the worker stops (``on_stuck``: the failure policy's stop)
+    and its restart, with new clients, replays the poll.
+    """
+
+    def __init__(self, seconds: float, on_stuck: Callable[[BaseException, str], None]) -> None:
+        self._seconds = seconds
+        self._on_stuck = on_stuck
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        error = KafkaCallStuckError(f"{what} still blocked after {self._seconds:g} s")
+        timer = threading.Timer(self._seconds, self._on_stuck, (error, f"in {what}"))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
 
 class _ReleasesReader:

@@ -26,3 +26,7 @@ class UnsupportedKafkaSecurityError(StreamAppError, ValueError):
 
 class FaustInternalsChangedError(StreamAppError):
     """faust or aiokafka is not the code the fixes of ``faust_fixes`` were written for."""
+
+
+class KafkaCallStuckError(StreamAppError):
+    """A librdkafka call outlived its own timeout: the client is stuck, the worker stops."""

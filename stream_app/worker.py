@@ -37,7 +37,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     avro = AvroCodec()
     failures = FailurePolicy(settings.worker_retry_seconds)
     app = create_app(settings, store, avro, failures)
-    coordinator = ReleaseCoordinator(settings, store, avro, Leadership(app))
+    coordinator = ReleaseCoordinator(settings, store, avro, Leadership(app), failures.stop)
     coordinator.start()
     try:
         _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
