@@ -302,17 +302,8 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     arguments = sys.argv[1:]
     standalone = arguments in (["e2e"], ["stream"], ["release"])
-    if arguments == ["broker"]:
-        data_dir = Path(tempfile.mkdtemp(prefix="clickstream-profile-"))
-        try:
-            document = profile_broker(float(os.environ.get("BENCH_SECONDS", "15")), data_dir)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        PROFILES.mkdir(exist_ok=True)
-        (PROFILES / "broker.json").write_text(json.dumps(document, indent=2) + "\n")
-        sys.stdout.write(json.dumps(document["loads"], indent=2) + "\n")
-        return
-    if not (standalone or (len(arguments) == 2 and arguments[0] in LOADS)):
+    broker = arguments == ["broker"]
+    if not (broker or standalone or (len(arguments) == 2 and arguments[0] in LOADS)):
         sys.exit(
             f"usage: python -m tests.perf.profile {{{'|'.join(LOADS)}}} CONNECTIONS"
             " | e2e | stream | release | broker"
@@ -321,25 +312,33 @@ def main() -> None:
     rate = int(os.environ.get("PROFILE_RATE", "50"))
     data_dir = Path(tempfile.mkdtemp(prefix="clickstream-profile-"))
     try:
-        with LocalMongo(data_dir / "mongod") as mongo:
-            bench = Bench(seconds, Settings(), mongo.address, data_dir)
-            bench.mongod_pid = mongo.pid
-            bench.extra_env = {
-                name.removeprefix("PROFILE_"): value
-                for name, value in os.environ.items()
-                if name.startswith("PROFILE_CLICKSTREAM_")
-            }
-            if standalone:
-                sessions = int(os.environ.get("BENCH_RELEASE_SESSIONS", "50000"))
-                document = profile_standalone(bench, arguments[0], sessions, rate)
-            else:
-                pause = os.environ.get("PROFILE_PAUSE_WORKER") == "1"
-                document = profile_cell(bench, arguments[0], int(arguments[1]), rate, pause)
+        if broker:
+            document = profile_broker(seconds, data_dir)
+        else:
+            with LocalMongo(data_dir / "mongod") as mongo:
+                document = _profile_pipeline(arguments, seconds, rate, mongo, data_dir)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     PROFILES.mkdir(exist_ok=True)
     (PROFILES / f"{document['cell']}.json").write_text(json.dumps(document, indent=2) + "\n")
     sys.stdout.write(report(document) + "\n")
+
+
+def _profile_pipeline(
+    arguments: list[str], seconds: float, rate: int, mongo: LocalMongo, data_dir: Path
+) -> dict[str, Any]:
+    bench = Bench(seconds, Settings(), mongo.address, data_dir)
+    bench.mongod_pid = mongo.pid
+    bench.extra_env = {
+        name.removeprefix("PROFILE_"): value
+        for name, value in os.environ.items()
+        if name.startswith("PROFILE_CLICKSTREAM_")
+    }
+    if len(arguments) == 1:
+        sessions = int(os.environ.get("BENCH_RELEASE_SESSIONS", "50000"))
+        return profile_standalone(bench, arguments[0], sessions, rate)
+    pause = os.environ.get("PROFILE_PAUSE_WORKER") == "1"
+    return profile_cell(bench, arguments[0], int(arguments[1]), rate, pause)
 
 
 if __name__ == "__main__":
