@@ -6,7 +6,9 @@ Two collections:
   index on ``release_id``; status, counts, timestamps and per-partition progress.
 - ``batch_sessions``: one document per session of a batch, ``_id`` ``<batch_id>:<session_id>``
   (so a session is in a batch once), with a ``session_number`` unique within the batch for
-  paging. Free-form objects are kept as JSON text: BSON cannot hold every JSON number.
+  paging, and its first events; ``batch_session_events``: the rest of a large session's
+  events, in chunks (see ``documents``). Free-form objects are kept as JSON text: BSON
+  cannot hold every JSON number.
 
 Every write is idempotent (upserts on deterministic ids, first-write-wins updates), so
 at-least-once processing upstream gives exactly-once contents here.
@@ -19,21 +21,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import bson
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from bson.errors import BSONError
+from bson.raw_bson import RawBSONDocument
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from batches.documents import session_documents
 from batches.exceptions import MissingMongoUriError
 from batches.public import public_session
 from clickstream.clock import now_ms
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator
 
     from pymongo.collection import Collection
 
+    from batches.documents import SessionCopy
     from clickstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,7 +51,17 @@ EMPTY = "empty"
 # An empty release leaves no batch: its document is kept this long for the waiting
 # requests to read the outcome, without holding the release_id.
 EMPTY_RELEASE_TTL_SECONDS = 3600
-_WRITE_CHUNK = 1000
+# A part is inserted in groups of about this many bytes (BSON): bounded memory, few calls.
+_WRITE_GROUP_BYTES = 8 * 1024 * 1024
+_DUPLICATE_KEY = 11000
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A session MongoDB would not store, and why (its documents were removed)."""
+
+    session_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +79,8 @@ class Batch:
     request_ids: tuple[str, ...] = ()
     markers_sent_at_ms: int = 0
     heal_count: int = 0
+    # Per partition, the sessions MongoDB refused to store (not in the batch).
+    unreleasable: dict[str, list[str]] | None = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Batch:
@@ -77,7 +96,14 @@ class Batch:
             request_ids=tuple(doc.get("request_ids", ())),
             markers_sent_at_ms=doc.get("markers_sent_at_ms", doc["requested_at_ms"]),
             heal_count=doc.get("heal_count", 0),
+            unreleasable=doc.get("unreleasable"),
         )
+
+    @property
+    def unreleasable_session_ids(self) -> list[str]:
+        """Sessions of the release that could not be stored, partition by partition."""
+        parts = self.unreleasable or {}
+        return [sid for partition in sorted(parts, key=int) for sid in parts[partition]]
 
     def total(self, name: str) -> int:
         return sum(part[name] for part in self.partitions.values())
@@ -114,6 +140,8 @@ class Batch:
             "done_partitions": self.done_partitions,
             "waiting_partitions": self.waiting_partitions,
             "heal_count": self.heal_count,
+            "unreleasable_session_count": len(self.unreleasable_session_ids),
+            "unreleasable_session_ids": self.unreleasable_session_ids,
         }
 
 
@@ -141,8 +169,8 @@ class BatchStore:
         )
         self.batches: Collection[dict[str, Any]] = db["batches"]
         self.sessions: Collection[dict[str, Any]] = db["batch_sessions"]
+        self.event_chunks: Collection[dict[str, Any]] = db["batch_session_events"]
 
-    @classmethod
     @classmethod
     def connect(
         cls, uri: str, database: str, *, server_selection_timeout_seconds: float = 10.0
@@ -185,6 +213,10 @@ class BatchStore:
         )
         # A retired session that gets events again is brought back from its latest copy.
         self.sessions.create_index([("session_id", ASCENDING), ("batch_id", DESCENDING)])
+        self.event_chunks.create_index(
+            [("batch_id", ASCENDING), ("session_number", ASCENDING), ("chunk", ASCENDING)],
+            unique=True,
+        )
 
     # -- the release coordinator --------------------------------------------------------
 
@@ -296,14 +328,64 @@ class BatchStore:
 
     # -- partition owners ---------------------------------------------------------------
 
-    def write_sessions(self, docs: Sequence[dict[str, Any]]) -> None:
-        """Upsert batch sessions by their deterministic ids, in bulk."""
-        for start in range(0, len(docs), _WRITE_CHUNK):
-            chunk = docs[start : start + _WRITE_CHUNK]
-            self.sessions.bulk_write(
-                [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in chunk],
-                ordered=False,
-            )
+    def write_part(self, batch_id: ObjectId, copies: Iterable[SessionCopy]) -> list[Refused]:
+        """Insert the sessions of a partition's part of a batch, each encoded once, in
+        groups of unordered inserts. Documents already there (a part written again after
+        a crash) are left as they are: they are the same.
+
+        Returns the sessions MongoDB refused (none, as long as every document stays below
+        its limit, which ``documents`` sees to), with their documents removed: not in the
+        batch at all rather than in part.
+        """
+        refused: dict[str, str] = {}
+        group: list[tuple[str, bool, RawBSONDocument]] = []
+        size = 0
+        for copy in copies:
+            head, chunks = session_documents(copy)
+            try:
+                encoded = [RawBSONDocument(bson.encode(doc)) for doc in (head, *chunks)]
+            except (BSONError, OverflowError, ValueError) as exc:
+                refused[copy.session_id] = f"not storable as BSON: {exc}"
+                continue
+            for position, raw in enumerate(encoded):
+                group.append((copy.session_id, position > 0, raw))
+                size += len(raw.raw)
+            if size >= _WRITE_GROUP_BYTES:
+                refused.update(self._insert(group))
+                group, size = [], 0
+        if group:
+            refused.update(self._insert(group))
+        if refused:
+            ids = list(refused)
+            self.sessions.delete_many({"batch_id": batch_id, "session_id": {"$in": ids}})
+            self.event_chunks.delete_many({"batch_id": batch_id, "session_id": {"$in": ids}})
+        return [Refused(session_id, reason) for session_id, reason in refused.items()]
+
+    def _insert(self, group: list[tuple[str, bool, RawBSONDocument]]) -> dict[str, str]:
+        """Insert ``group`` (session id, whether a chunk, document); the sessions refused,
+        with why."""
+        refused: dict[str, str] = {}
+        for collection, is_chunk in ((self.sessions, False), (self.event_chunks, True)):
+            docs = [(session_id, raw) for session_id, chunk, raw in group if chunk is is_chunk]
+            if not docs:
+                continue
+            try:
+                collection.insert_many([raw for _, raw in docs], ordered=False)
+            except BulkWriteError as exc:
+                if exc.details.get("writeConcernErrors"):
+                    raise  # the server's trouble, not the documents': retried upstream
+                for error in exc.details.get("writeErrors", ()):
+                    if error["code"] == _DUPLICATE_KEY:
+                        continue
+                    session_id = docs[error["index"]][0]
+                    refused[session_id] = (
+                        f"MongoDB refused it (code {error['code']}): {error.get('errmsg', '')}"
+                    )
+        return refused
+
+    def record_unreleasable(self, batch_id: ObjectId, partition: int, ids: list[str]) -> None:
+        """Note on the batch the sessions of ``partition`` that could not be stored."""
+        self.batches.update_one({"_id": batch_id}, {"$set": {f"unreleasable.{partition}": ids}})
 
     def part_sessions(self, batch_id: ObjectId, partition: int) -> list[dict[str, Any]]:
         """The session ids and event counts one partition wrote into a batch."""
@@ -315,9 +397,29 @@ class BatchStore:
         )
 
     def latest_session(self, session_id: str) -> dict[str, Any] | None:
-        """The session's copy in its latest batch (batch ids grow with time), with its
+        """The session's copy in its latest batch (batch ids grow with time), with all its
         events; None if it was never released."""
-        return self.sessions.find_one({"session_id": session_id}, sort=[("batch_id", DESCENDING)])
+        head = self.sessions.find_one({"session_id": session_id}, sort=[("batch_id", DESCENDING)])
+        return None if head is None else self._with_chunks(head)
+
+    def _with_chunks(self, head: dict[str, Any], events_limit: int | None = None) -> dict[str, Any]:
+        """A session's document with the events of its chunks appended (up to
+        ``events_limit`` events in all, if given)."""
+        if not head.get("event_chunks") or (
+            events_limit is not None and len(head["events"]) >= events_limit
+        ):
+            return head
+        events = head["events"]
+        cursor = self.event_chunks.find(
+            {"batch_id": head["batch_id"], "session_number": head["session_number"]},
+            {"events": 1},
+        ).sort("chunk", ASCENDING)
+        for chunk in cursor:
+            events.extend(chunk["events"])
+            if events_limit is not None and len(events) >= events_limit:
+                del events[events_limit:]
+                break
+        return head
 
     # -- readers ------------------------------------------------------------------------
 
@@ -346,23 +448,26 @@ class BatchStore:
             .sort("session_number", ASCENDING)
             .limit(limit)
         )
-        return [public_session(doc) for doc in cursor]
+        return [public_session(self._with_chunks(doc, events_limit)) for doc in cursor]
 
     def iter_sessions(self, batch_id: ObjectId, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """Every session of the batch with all its events, in ``session_number`` order.
 
-        Reads page by page on the unique index, so memory stays bounded by ``page_size``
-        sessions whatever the batch's size, and a lost cursor never skips or repeats.
+        Reads page by page on the unique index, one session's events at a time, so memory
+        stays bounded by the driver's batch and one session whatever the batch's size, and
+        a lost cursor never skips or repeats.
         """
         after = 0
         while True:
-            page = list(
+            cursor = (
                 self.sessions.find({"batch_id": batch_id, "session_number": {"$gt": after}})
                 .sort("session_number", ASCENDING)
                 .limit(page_size)
             )
-            if not page:
+            read = 0
+            for doc in cursor:
+                read += 1
+                after = doc["session_number"]
+                yield public_session(self._with_chunks(doc))
+            if read < page_size:
                 return
-            for doc in page:
-                yield public_session(doc)
-            after = page[-1]["session_number"]

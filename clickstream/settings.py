@@ -130,7 +130,6 @@ class Settings(BaseSettings):
     # A batch still releasing this long after its markers were sent gets them again, on
     # the partitions that have not reported their part.
     release_heal_seconds: float = Field(default=60.0, gt=0)
-    max_session_snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
     @field_validator(
         "worker_urls",

@@ -54,6 +54,8 @@ class ReleaseAnswer:
     repeat_session_count: int
     requested_at_ms: int
     answered_at_ms: int
+    unreleasable_session_ids: tuple[str, ...] = ()
+    """Sessions MongoDB refused to store: not in the batch (dead-lettered, with the reason)."""
 
     def public(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class ReleaseAnswer:
             "repeat_session_count": self.repeat_session_count,
             "requested_at": self.requested_at_ms // 1000,
             "answered_at": self.answered_at_ms // 1000,
+            "unreleasable_session_ids": list(self.unreleasable_session_ids),
         }
 
 
@@ -237,6 +240,7 @@ def _answer(record: dict[str, Any], *, released: bool) -> ReleaseAnswer:
         repeat_session_count=record["repeat_session_count"],
         requested_at_ms=record["requested_at_ms"],
         answered_at_ms=record["answered_at_ms"],
+        unreleasable_session_ids=tuple(record.get("unreleasable_session_ids", ())),
     )
 
 

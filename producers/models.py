@@ -388,6 +388,12 @@ class BatchOut(BaseModel):
         "after CLICKSTREAM_RELEASE_HEAL_SECONDS has its markers sent to them again"
     )
     heal_count: int = Field(description="How many times the markers were sent again")
+    unreleasable_session_count: int = Field(
+        default=0,
+        description="Sessions of the release MongoDB refused to store: not in the batch, "
+        "each in the dead-letter topic with the reason (snapshot_refused)",
+    )
+    unreleasable_session_ids: list[str] = Field(default_factory=list)
 
 
 class EventOut(BaseModel):

@@ -1,6 +1,12 @@
 """Avro in the Confluent wire format: a zero magic byte, a 4-byte big-endian schema id,
 then the Avro binary body. A Confluent Schema Registry reads these messages as they are;
-without one, ids come from ``schema_ids.json`` beside this file."""
+without one, ids come from ``schema_ids.json`` beside this file.
+
+A message schema evolves the way Avro allows (fields added with a default, ...): the new
+version gets a new id and becomes ``avro/<name>.avsc``; the version before moves to
+``avro/earlier/<name>@<its id>.avsc``. Messages are always written with the newest
+version, and a message of an earlier one is read into the newest (Avro's schema
+resolution: a field it lacks takes its default), so every reader sees one shape."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastavro import schemaless_reader, schemaless_writer
-from fastavro.schema import load_schema
+from fastavro.schema import load_schema, parse_schema
 
 from schemas.exceptions import (
     MalformedMessageError,
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 
 SCHEMA_DIR = Path(__file__).parent / "avro"
 SCHEMA_IDS_FILE = Path(__file__).parent / "schema_ids.json"
+EARLIER_DIR = SCHEMA_DIR / "earlier"
 _HEADER = struct.Struct(">bI")
 MAGIC_BYTE = 0
 
@@ -59,17 +66,41 @@ class AvroCodec:
             raise SchemaSetupError(f"two schemas share an id: {ids}")
         named: dict[str, Any] = {}
         self._by_name: dict[str, tuple[int, Any]] = {}
-        self._by_id: dict[int, tuple[str, Any]] = {}
+        # id -> (name, the schema it was written with, the newest: None when the same)
+        self._by_id: dict[int, tuple[str, Any, Any]] = {}
         for name, schema_id in ids.items():
             path = SCHEMA_DIR / f"{name}.avsc"
             if not path.exists():
                 raise SchemaSetupError(f"schema {name} (id {schema_id}) has no file {path}")
             parsed = load_schema(str(path), named_schemas=named)
             self._by_name[name] = (schema_id, parsed)
-            self._by_id[schema_id] = (name, parsed)
+            self._by_id[schema_id] = (name, parsed, None)
+        if schema_ids is None:
+            self._load_earlier(named)
         self._record_unions = {
             name: _record_unions(parsed, named) for name, (_, parsed) in self._by_name.items()
         }
+
+    def _load_earlier(self, named: dict[str, Any]) -> None:
+        """Earlier versions of the message schemas, read into the newest."""
+        for path in sorted(EARLIER_DIR.glob("*@*.avsc")):
+            name, _, number = path.name.removesuffix(".avsc").partition("@")
+            schema_id = int(number)
+            if name not in self._by_name:
+                raise SchemaSetupError(f"{path.name}: no current schema named {name}")
+            if schema_id in self._by_id:
+                raise SchemaSetupError(f"{path.name}: id {schema_id} is taken")
+            raw = json.loads(path.read_text())
+            # Its own named types are its own versions of them; the rest are shared.
+            own = _defined_names(raw, raw.get("namespace", ""))
+            known = {key: value for key, value in named.items() if key not in own}
+            writer = parse_schema(raw, named_schemas=known)
+            self._by_id[schema_id] = (name, writer, self._by_name[name][1])
+
+    @property
+    def schema_ids(self) -> dict[int, str]:
+        """Every id this codec reads, earlier versions included, with its schema's name."""
+        return {schema_id: name for schema_id, (name, _, _) in self._by_id.items()}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -131,13 +162,13 @@ class AvroCodec:
         if magic != MAGIC_BYTE:
             raise MalformedMessageError(f"message starts with {magic}, not the magic byte 0")
         try:
-            name, parsed = self._by_id[schema_id]
+            name, parsed, newest = self._by_id[schema_id]
         except KeyError:
             raise UnknownSchemaError(f"unknown schema id {schema_id}") from None
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
-            record = schemaless_reader(body, parsed, None)
+            record = schemaless_reader(body, parsed, newest)
         except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise MalformedMessageError(f"bad Avro body for {name}: {exc}") from exc
         if body.tell() != len(data):
@@ -160,3 +191,21 @@ def _record_unions(parsed: dict[str, Any], named: dict[str, Any]) -> tuple[tuple
         elif isinstance(branch, str) and named.get(branch, {}).get("type") == "record":
             found.append((field["name"], branch))
     return tuple(found)
+
+
+def _defined_names(schema: Any, namespace: str) -> set[str]:
+    """The full names of the named types a schema (as JSON) defines itself."""
+    found: set[str] = set()
+    if isinstance(schema, list):
+        for branch in schema:
+            found |= _defined_names(branch, namespace)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            namespace = schema.get("namespace", namespace)
+            name = schema["name"]
+            found.add(name if "." in name else f"{namespace}.{name}")
+        for field in schema.get("fields", ()):
+            found |= _defined_names(field["type"], namespace)
+        if "items" in schema:
+            found |= _defined_names(schema["items"], namespace)
+    return found

@@ -141,6 +141,8 @@ class ReleaseOutcome(TypedDict):
     session_count: int
     event_count: int
     repeat_session_count: int
+    unreleasable_session_count: int
+    unreleasable_session_ids: list[str]
 
 
 class DeadLetter(TypedDict):

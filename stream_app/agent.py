@@ -20,7 +20,6 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, cast
 
-import bson
 from bson import ObjectId
 
 from schemas import MalformedMessageError, SchemaName
@@ -58,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 PARTITION_RELEASED = SchemaName.PARTITION_RELEASED
 SESSION_EVENT = SchemaName.SESSION_EVENT
-# Only sessions with this many events are measured against the snapshot size limit.
-_MEASURE_ABOVE_EVENTS = 1000
 # Sessions whose event ids are kept in memory for de-duplication (derived from the pieces,
 # rebuilt on demand): the active ones, without holding every id of every session.
 _KNOWN_IDS_SESSIONS = 4096
@@ -465,41 +462,61 @@ class JoinAgent:
     async def _write_part(
         self, cut: releases.Cut, selection: releases.Selection, partition: int
     ) -> releases.PartCounts:
-        """Write this partition's sessions of the batch to MongoDB; the part's counts."""
+        """Write this partition's sessions of the batch to MongoDB; the part's counts.
+
+        A session MongoDB refuses to store (none should: every document is kept below its
+        limit) is left out, noted on the batch and dead-lettered, and the release goes on.
+        """
         batch_id = ObjectId(cut["batch_id"])
         partition_count = self._settings.topic_partitions
-        docs = []
-        for rank, item in enumerate(selection.included):
-            number = releases.session_number(rank, partition, partition_count)
-            reader = self._piece_reader(item.entry["session_id"])
-            events = list(itertools.islice(join.events_of(item.entry, reader), item.event_count))
-            doc = releases.batch_session_document(batch_id, cut, item, number, events)
-            if len(events) > _MEASURE_ABOVE_EVENTS and (
-                len(bson.encode(doc)) > self._settings.max_session_snapshot_bytes
-            ):
-                await self._send_dead_letter(
-                    reason=dead_letters.SNAPSHOT_TOO_LARGE,
-                    detail=f"session of {len(events)} events too large for batch {batch_id}",
-                    session_id=item.entry["session_id"],
-                    topic=self._names.sessions,
-                    partition=partition,
-                    offset=item.registration["offset"],
-                    value=None,
-                )
-                continue
-            docs.append(doc)
-        await asyncio.to_thread(self._store.write_sessions, docs)
+        copies = [
+            releases.session_copy(
+                batch_id,
+                cut,
+                item,
+                releases.session_number(rank, partition, partition_count),
+                list(
+                    itertools.islice(
+                        join.events_of(item.entry, self._piece_reader(item.entry["session_id"])),
+                        item.event_count,
+                    )
+                ),
+            )
+            for rank, item in enumerate(selection.included)
+        ]
+        refused = await asyncio.to_thread(self._store.write_part, batch_id, copies)
+        refused_ids = {r.session_id for r in refused}
+        if refused:
+            await asyncio.to_thread(
+                self._store.record_unreleasable, batch_id, partition, sorted(refused_ids)
+            )
+        for item in refused:
+            await self._send_dead_letter(
+                reason=dead_letters.SNAPSHOT_REFUSED,
+                detail=f"session not stored in batch {batch_id}: {item.reason}",
+                session_id=item.session_id,
+                topic=self._names.sessions,
+                partition=partition,
+                offset=next(
+                    i.registration["offset"]
+                    for i in selection.included
+                    if i.entry["session_id"] == item.session_id
+                ),
+                value=None,
+            )
+        written = [i for i in selection.included if i.entry["session_id"] not in refused_ids]
         logger.info(
-            "release part written batch=%s partition=%s sessions=%s deferred=%s",
+            "release part written batch=%s partition=%s sessions=%s deferred=%s refused=%s",
             cut["batch_id"],
             partition,
-            len(docs),
+            len(written),
             selection.deferred,
+            len(refused),
         )
         return {
-            "session_count": len(docs),
-            "event_count": sum(doc["event_count"] for doc in docs),
-            "repeat_session_count": sum(doc["is_repeat"] for doc in docs),
+            "session_count": len(written),
+            "event_count": sum(i.event_count for i in written),
+            "repeat_session_count": sum(i.is_repeat for i in written),
             "deferred_session_count": selection.deferred,
         }
 

@@ -348,6 +348,8 @@ class ReleaseCoordinator:
             "session_count": batch.total("session_count") if released else 0,
             "event_count": batch.total("event_count") if released else 0,
             "repeat_session_count": batch.total("repeat_session_count") if released else 0,
+            "unreleasable_session_count": len(batch.unreleasable_session_ids),
+            "unreleasable_session_ids": batch.unreleasable_session_ids,
         }
         producer.produce(
             self._names.batches,

@@ -17,7 +17,7 @@ CONFLICTING_REGISTRATION = "conflicting_registration"
 SESSION_NOT_REGISTERED = "session_not_registered"
 UNDECODABLE_MESSAGE = "undecodable_message"
 UNEXPECTED_MESSAGE = "unexpected_message"
-SNAPSHOT_TOO_LARGE = "snapshot_too_large"
+SNAPSHOT_REFUSED = "snapshot_refused"
 
 
 def dead_letter(

@@ -107,7 +107,7 @@ for _reason in (
     dead_letters.SESSION_NOT_REGISTERED,
     dead_letters.UNDECODABLE_MESSAGE,
     dead_letters.UNEXPECTED_MESSAGE,
-    dead_letters.SNAPSHOT_TOO_LARGE,
+    dead_letters.SNAPSHOT_REFUSED,
 ):
     DEAD_LETTERS.labels(_reason)
 for _outcome in ("released", "empty"):

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
-from schemas import event_item
+from batches.documents import SessionCopy
 
 # The partition table's values, re-exported (other modules name them releases.CompletedCut).
 from schemas.records import CompletedCut as CompletedCut  # noqa: TC001
@@ -280,36 +280,25 @@ def record_release(
     }
 
 
-def batch_session_document(
-    batch_id: ObjectId, cut: Cut, item: Included, number: int, events: list[StoredEvent]
-) -> dict[str, Any]:
-    """The MongoDB document of one session in a batch (see batches.store):
-    ``events`` are the session's first ``item.event_count`` events."""
-    entry, registration = item.entry, item.registration
+def session_copy(
+    batch_id: ObjectId, cut: Cut, item: Included, number: int, events: Iterable[StoredEvent]
+) -> SessionCopy:
+    """What goes into the batch of one session (see ``batches.documents``): ``events`` are
+    the session's first ``item.event_count`` events."""
+    entry = item.entry
     irrelevant_offset = entry["irrelevant_offset"]
-    new_from = item.previous_event_count if item.is_repeat else 0
-    return {
-        "_id": f"{batch_id}:{entry['session_id']}",
-        "batch_id": batch_id,
-        "session_number": number,
-        "session_id": entry["session_id"],
-        "partition": entry["partition"],
-        "search_query": registration["search_query"],
-        "search_results": registration["search_results"],
-        "search_meta": registration["search_meta"],
-        "user_id": registration["user_id"],
-        "created_at": registration["created_at"],
-        "is_irrelevant": irrelevant_offset is not None
-        and irrelevant_offset < cut["sessions_offset"],
-        "is_repeat": item.is_repeat,
-        "previous_batch_id": item.previous_batch_id,
-        "event_count": len(events),
-        "new_event_count": len(events) - new_from,
-        "events": [
-            {**event_item(e), "received_at_ms": e["received_at_ms"], "is_new": position >= new_from}
-            for position, e in enumerate(events)
-        ],
-    }
+    return SessionCopy(
+        batch_id=batch_id,
+        session_number=number,
+        session_id=entry["session_id"],
+        partition=entry["partition"],
+        registration=item.registration,
+        is_irrelevant=irrelevant_offset is not None and irrelevant_offset < cut["sessions_offset"],
+        previous_batch_id=item.previous_batch_id,
+        event_count=item.event_count,
+        new_from=item.previous_event_count if item.is_repeat else 0,
+        events=events,
+    )
 
 
 def session_number(rank: int, partition: int, partition_count: int) -> int:

@@ -74,3 +74,54 @@ def test_requests_at_the_limits_keep_the_worker_running_and_are_all_released(
     assert worker.pid is not None
     assert is_running(worker.pid), "the worker kept running"
     assert "MessageSizeTooLarge" not in worker.log()
+
+
+LARGE_CLICKS = 20
+# Each request just under the body limit: together far past MongoDB's 16 MB per document.
+LARGE_META_BYTES = 900_000
+
+
+def test_a_session_larger_than_a_mongodb_document_is_released_whole_and_stops_nothing(
+    pipeline: Pipeline,
+) -> None:
+    """Issue 17: 20 valid clicks of 900 KB each to one session crash-looped the worker on
+    the release (its batch copy passed 16 MB). They are released whole, in chunks, and
+    the pipeline goes on serving other sessions."""
+    worker = pipeline.workers[0]
+    pid = worker.pid
+    session = session_body()
+    session_id = session["session_id"]
+    pipeline.register(session)
+    sent = []
+    for number in range(LARGE_CLICKS):
+        event = event_body(meta={"n": number, "padding": "x" * LARGE_META_BYTES})
+        assert len(json.dumps({"session_id": session_id, "events": [event]})) < 1_000_000
+        pipeline.add_events(session_id, [event])
+        sent.append(event["event_id"])
+    pipeline.wait_session(session_id, events=LARGE_CLICKS, timeout=120)
+
+    answer = pipeline.release(new_id())
+
+    assert answer.status_code == 200, answer.text
+    batch = answer.json()
+    assert (batch["session_count"], batch["event_count"]) == (1, LARGE_CLICKS)
+    assert batch["unreleasable_session_count"] == 0
+    [released] = pipeline.batch_sessions(batch["batch_id"], page_size=1)
+    assert [e["event_id"] for e in released["events"]] == sent
+    assert [e["meta"]["n"] for e in released["events"]] == list(range(LARGE_CLICKS))
+    assert all(len(e["meta"]["padding"]) == LARGE_META_BYTES for e in released["events"])
+    page = pipeline.gateway.get(
+        "/api/v1/clickstream/internal/batch/sessions",
+        params={"batch_id": batch["batch_id"], "events_limit": 7},
+    ).json()
+    assert [e["event_id"] for e in page["sessions"][0]["events"]] == sent[:7]
+    # The pipeline goes on: a session registered afterwards is joined within seconds.
+    later = session_body()
+    pipeline.register(later)
+    click = event_body()
+    pipeline.add_events(later["session_id"], [click])
+    shown = pipeline.wait_session(later["session_id"], events=1, timeout=10)
+    assert shown["events"][0]["event_id"] == click["event_id"]
+    assert pid is not None
+    assert worker.pid == pid
+    assert is_running(pid), "never restarted"

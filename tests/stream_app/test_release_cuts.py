@@ -6,6 +6,7 @@ from typing import Any
 
 from bson import ObjectId
 
+from batches.documents import session_documents
 from stream_app import join, releases
 from stream_app.releases import MarkerOutcome
 
@@ -71,11 +72,12 @@ class Partition:
         for rank, item in enumerate(selection.included):
             number = releases.session_number(rank, self.partition, 6)
             events = list(join.events_of(item.entry, self.reader(item.entry["session_id"])))
-            out.append(
-                releases.batch_session_document(
-                    ObjectId(cut["batch_id"]), cut, item, number, events[: item.event_count]
-                )
+            copy = releases.session_copy(
+                ObjectId(cut["batch_id"]), cut, item, number, events[: item.event_count]
             )
+            head, chunks = session_documents(copy)
+            assert not chunks
+            out.append(dict(head))
         return out
 
     def complete(self, cut: releases.Cut, selection: releases.Selection) -> None:
