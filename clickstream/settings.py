@@ -67,11 +67,19 @@ class Settings(BaseSettings):
     kafka_extra_config: dict[str, SecretStr] = Field(default_factory=dict)
 
     # Stream worker
-    worker_store: Literal["memory", "rocksdb"] = "memory"
+    # Where a worker keeps its partitions' state: on disk (RocksDB, under the data dir:
+    # memory bounded by the cache settings below, a restart reads only the changelog's
+    # tail) or in memory (rebuilt from the changelog at every start).
+    worker_store: Literal["memory", "rocksdb"] = "rocksdb"
+    # RocksDB's memory: one block cache and two write buffers of this size, shared by all
+    # the partitions of a worker.
+    worker_rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    worker_rocksdb_write_buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    worker_rocksdb_max_open_files: int = Field(default=256, ge=16)
+    # At most this many messages are handled (and committed) together.
+    worker_batch_max_messages: int = Field(default=5000, ge=1)
     # Loopback by default: only the gateway needs the worker's web server.
     worker_web_host: str = "127.0.0.1"
-    # Faust's /router/ page (which worker owns which partition), for tests and debugging.
-    worker_web_router: bool = False
     worker_web_port: int = Field(default=6066, ge=1, le=65535)
     # The worker's static identity in its consumer groups: a worker restarted with the
     # same id takes its partitions back at once. Unique per running worker; default
@@ -89,12 +97,10 @@ class Settings(BaseSettings):
     # brokers (the local one) wait for the rebalance timeout instead: keep it short too.
     worker_session_timeout_seconds: float = Field(default=10.0, ge=6)
     worker_rebalance_timeout_seconds: float = Field(default=20.0, ge=6)
-    # How long the worker's producer gathers table changes into one request to the broker:
-    # sent one by one, each change costs a round trip and the join is bound by them.
-    worker_producer_linger_seconds: float = Field(default=0.005, ge=0)
-    # How long the worker's consumer waits after a fetch that brought nothing, for brokers
-    # that answer empty fetches at once instead of holding them (see faust_fixes).
-    worker_empty_fetch_backoff_seconds: float = Field(default=0.005, ge=0)
+    # An idle worker pauses its partitions and looks at their end offsets this often, for
+    # brokers that answer an empty fetch at once instead of holding it (the local one): a
+    # consumer would fetch without pause. 0: never pause (Apache Kafka holds the fetch).
+    worker_idle_poll_seconds: float = Field(default=0.05, ge=0)
     # Events of a session never registered go to the dead-letter topic after this wait.
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
     # How often the release coordinator ticks every partition (expiry needs no traffic).

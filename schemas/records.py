@@ -24,6 +24,8 @@ class SchemaName(StrEnum):
     SESSION_REGISTERED = "clickstream.SessionRegistered"
     SESSION_EVENT = "clickstream.SessionEvent"
     SESSION_EVENTS = "clickstream.SessionEvents"
+    SESSION_EVENTS_BATCH = "clickstream.SessionEventsBatch"
+    SESSION_REGISTERED_BATCH = "clickstream.SessionRegisteredBatch"
     SESSION_MARKED_IRRELEVANT = "clickstream.SessionMarkedIrrelevant"
     RELEASE_MARKER = "clickstream.ReleaseMarker"
     PARTITION_TICK = "clickstream.PartitionTick"
@@ -33,8 +35,10 @@ class SchemaName(StrEnum):
     RELEASE_OUTCOME = "clickstream.ReleaseOutcome"
     DEAD_LETTER = "clickstream.DeadLetter"
     SESSION_ENTRY = "clickstream.SessionEntry"
+    REGISTRATION = "clickstream.Registration"
     EVENT_PIECE = "clickstream.EventPiece"
     PARTITION_RELEASES = "clickstream.PartitionReleases"
+    SOURCE_OFFSETS = "clickstream.SourceOffsets"
 
 
 # Ingest: what the gateway and the producer library publish.
@@ -70,6 +74,14 @@ class SessionEvents(TypedDict):
     session_id: str
     events: list[EventItem]
     received_at_ms: int
+
+
+class SessionEventsBatch(TypedDict):
+    requests: list[SessionEvents]
+
+
+class SessionRegisteredBatch(TypedDict):
+    requests: list[SessionRegistered]
 
 
 class SessionEvent(TypedDict):
@@ -195,7 +207,8 @@ class ReleaseMark(TypedDict):
 class SessionEntry(TypedDict):
     session_id: str
     partition: int
-    registration: Registration | None
+    registered_offset: int | None
+    registered_at_ms: int
     irrelevant_offset: int | None
     waiting_since_ms: int | None
     event_count: int
@@ -231,6 +244,11 @@ class PartitionReleases(TypedDict):
     partition: int
     pending: list[PendingCut]
     releases: list[CompletedCut]
+
+
+class SourceOffsets(TypedDict):
+    sessions_offset: int
+    events_offset: int
 
 
 def event_item(event: Mapping[str, Any]) -> EventItem:

@@ -39,8 +39,13 @@ class Topics:
         return f"{self.prefix}dead-letter"
 
     @property
+    def state_changelog(self) -> str:
+        """The stream workers' state, compacted: a partition per source partition."""
+        return f"{self.prefix}stream-state-changelog"
+
+    @property
     def stream_app_id(self) -> str:
-        """The stream worker's consumer group; also prefixes its changelog topics."""
+        """The stream workers' consumer group."""
         return f"{self.prefix}stream"
 
     def ingest(self) -> tuple[str, ...]:
@@ -48,8 +53,8 @@ class Topics:
         return (self.sessions, self.events)
 
     def layout(self, partitions: int) -> dict[str, int]:
-        """Every topic the pipeline creates, with its partition count (faust creates its
-        changelog topics itself)."""
+        """Every topic the pipeline creates, with its partition count (the workers create
+        their changelog themselves, compacted)."""
         return {
             self.sessions: partitions,
             self.events: partitions,

@@ -19,7 +19,6 @@ until it completes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import struct
@@ -36,10 +35,11 @@ from clickstream.clock import now_ms
 from schemas import MalformedMessageError, SchemaName, Topics
 from stream_app import dead_letters, metrics
 from stream_app.control_auth import ControlAuth
-from stream_app.exceptions import KafkaCallStuckError, MarkerDeliveryError
+from stream_app.exceptions import MarkerDeliveryError
+from stream_app.watchdog import CallWatchdog
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
     from confluent_kafka import KafkaError, Message
 
@@ -402,32 +402,6 @@ class ReleaseCoordinator:
         for partition in range(self._settings.topic_partitions):
             plain.produce(self._names.sessions, tick, partition=partition, headers=signed)
         plain.poll(0)
-
-
-class CallWatchdog:
-    """Stops the worker when a blocking call outlives ``seconds``.
-
-    librdkafka's ``send_offsets_to_transaction`` can block forever, whatever its timeout,
-    once the group coordinator it cached went away (librdkafka issues 5456 and 5511; seen
-    here in a soak when a release came in just as the broker was back from a restart). The
-    thread cannot be freed, so the worker stops (``on_stuck``: the failure policy's stop)
-    and its restart, with new clients, replays the poll.
-    """
-
-    def __init__(self, seconds: float, on_stuck: Callable[[BaseException, str], None]) -> None:
-        self._seconds = seconds
-        self._on_stuck = on_stuck
-
-    @contextlib.contextmanager
-    def __call__(self, what: str) -> Iterator[None]:
-        error = KafkaCallStuckError(f"{what} still blocked after {self._seconds:g} s")
-        timer = threading.Timer(self._seconds, self._on_stuck, (error, f"in {what}"))
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
 
 
 class _ReleasesReader:

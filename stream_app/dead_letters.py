@@ -3,16 +3,27 @@ never silently away."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from clickstream.clock import now_ms
 from schemas import SchemaName
+from stream_app.outgoing import Outgoing
 
 if TYPE_CHECKING:
-    from schemas import AvroCodec
+    from schemas import AvroCodec, Topics
     from schemas.records import DeadLetter
 
+# A dead letter carries the original message, unless that would pass Kafka's 1 MB limit.
+MAX_ATTACHED_BYTES = 900 * 1024
+
+logger = logging.getLogger(__name__)
+
 ORPHAN_EVENT_EXPIRED = "orphan_event_expired"
+# A message that decodes but breaks the contract (e.g. meta that is not a JSON object).
+INVALID_MESSAGE = "invalid_message"
+# Handling a message failed twice for a reason of the message's own (not a server's).
+HANDLING_FAILED = "handling_failed"
 CONFLICTING_REGISTRATION = "conflicting_registration"
 SESSION_NOT_REGISTERED = "session_not_registered"
 UNDECODABLE_MESSAGE = "undecodable_message"
@@ -43,3 +54,35 @@ def dead_letter(
         "dead_lettered_at_ms": now_ms(),
     }
     return avro.encode(SchemaName.DEAD_LETTER, record)
+
+
+def outgoing(
+    avro: AvroCodec,
+    names: Topics,
+    *,
+    reason: str,
+    detail: str,
+    session_id: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    value: bytes | None,
+) -> Outgoing:
+    """A dead letter ready to send, keyed by its session; the original message is left out
+    when it would not fit (the detail says so)."""
+    if value is not None and len(value) > MAX_ATTACHED_BYTES:
+        detail = f"{detail} (original message of {len(value)} bytes not attached)"
+        value = None
+    logger.warning("dead letter reason=%s session=%s detail=%s", reason, session_id, detail)
+    encoded = dead_letter(
+        avro,
+        reason=reason,
+        detail=detail,
+        session_id=session_id,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        value=value,
+    )
+    key = session_id.encode() if session_id is not None else None
+    return Outgoing(names.dead_letter, key, encoded, reason=reason)

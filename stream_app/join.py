@@ -1,5 +1,6 @@
-"""The join of sessions and events: pure functions on a session's table entry (a
-``SessionEntry`` record) and the pieces holding its events (``EventPiece`` records).
+"""The join of sessions and events: pure functions on a session's entry (a ``SessionEntry``
+record), its registration (a ``Registration``) and the pieces holding its events
+(``EventPiece`` records).
 
 The rules, read and tested in one place:
 
@@ -8,11 +9,11 @@ The rules, read and tested in one place:
 - events are de-duplicated by ``event_id`` within their session, first write wins;
 - events may arrive before their session and wait in the entry until it is registered;
 - a session's events live in pieces of about ``PIECE_BYTES`` each, so no number of requests
-  can make one table value too large for Kafka: the entry only counts them.
+  can make one state value too large for Kafka: the entry only counts them, and the
+  registration is a value of its own, so a click rewrites neither.
 
 Each stored item keeps the offset it came from: release cuts compare offsets. Nothing here
-mutates its arguments: every change is a new value, which the caller writes to the table
-(a handler retried after a failure then starts again from what the table really holds).
+mutates its arguments: every change is a new value, which the caller stages.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from schemas import event_item
 
-# The table values, re-exported (other modules name them join.SessionEntry etc.).
+# The state's values, re-exported (other modules name them join.SessionEntry etc.).
 from schemas.records import EventPiece as EventPiece  # noqa: TC001
+from schemas.records import Registration as Registration  # noqa: TC001
 from schemas.records import SessionEntry as SessionEntry  # noqa: TC001
 from schemas.records import StoredEvent as StoredEvent  # noqa: TC001
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
-    from schemas.records import EventItem, Registration, SessionEvent, SessionRegistered
+    from schemas.records import EventItem, SessionEvent, SessionRegistered
+
+    PieceReader = Callable[[int], EventPiece | None]
 
 # A piece grows to about this size, then the next one starts: a changelog message stays far
-# below Kafka's 1 MB limit, and appending one event rewrites at most this much. An event
+# below Kafka's 1 MB limit, and appending events rewrites at most this much. An event
 # larger than this (it fits in a request, so in a message) gets a piece of its own. At
 # 64 KiB, busy sessions (hundreds of clicks) made re-encoding their last piece a third of
 # the worker's time and the bench's end-to-end p99 3.2 s; at 8 KiB it was 1.6 s.
@@ -63,7 +67,8 @@ def new_entry(session_id: str, partition: int) -> SessionEntry:
     return {
         "session_id": session_id,
         "partition": partition,
-        "registration": None,
+        "registered_offset": None,
+        "registered_at_ms": 0,
         "irrelevant_offset": None,
         "waiting_since_ms": None,
         "event_count": 0,
@@ -75,32 +80,41 @@ def new_entry(session_id: str, partition: int) -> SessionEntry:
     }
 
 
-def piece_key(session_id: str, index: int) -> str:
-    """The pieces table key; the last NUL separates the index, whatever the session id holds."""
-    return f"{session_id}\x00{index}"
+def is_registered(entry: SessionEntry) -> bool:
+    return entry["registered_offset"] is not None
 
 
 def register(
-    entry: SessionEntry, record: SessionRegistered, offset: int
-) -> tuple[Registered, SessionEntry]:
-    """Apply a SessionRegistered record read at ``offset``; the entry to write on NEW."""
-    existing = entry["registration"]
+    entry: SessionEntry,
+    existing: Registration | None,
+    record: SessionRegistered,
+    offset: int,
+) -> tuple[Registered, SessionEntry, Registration | None]:
+    """Apply a SessionRegistered record read at ``offset`` to a session whose registration
+    is ``existing``; on NEW, the entry and the registration to write."""
     if existing is not None:
         if existing["offset"] == offset or all(
             existing[name] == record[name] for name in _IDENTITY_FIELDS
         ):
-            return Registered.DUPLICATE, entry
-        return Registered.CONFLICT, entry
-    return Registered.NEW, {
-        **entry,
-        "registration": _registration(record, record["received_at_ms"], offset),
-        "waiting_since_ms": None,
-        "last_active_ms": max(entry["last_active_ms"], record["received_at_ms"]),
-    }
+            return Registered.DUPLICATE, entry, None
+        return Registered.CONFLICT, entry, None
+    received_at_ms = record["received_at_ms"]
+    registration = _registration(record, received_at_ms, offset)
+    return (
+        Registered.NEW,
+        {
+            **entry,
+            "registered_offset": offset,
+            "registered_at_ms": received_at_ms,
+            "waiting_since_ms": None,
+            "last_active_ms": max(entry["last_active_ms"], received_at_ms),
+        },
+        registration,
+    )
 
 
 def _registration(source: Mapping[str, Any], received_at_ms: int, offset: int) -> Registration:
-    """A session's registration as its entry keeps it, from a SessionRegistered record or a
+    """A session's registration as the state keeps it, from a SessionRegistered record or a
     released copy of the session (both carry these fields)."""
     return {
         "search_query": source["search_query"],
@@ -113,9 +127,8 @@ def _registration(source: Mapping[str, Any], received_at_ms: int, offset: int) -
     }
 
 
-def conflicting_fields(entry: SessionEntry, record: SessionRegistered) -> list[str]:
-    registration: Mapping[str, object] = entry["registration"] or {}
-    return [name for name in _IDENTITY_FIELDS if registration.get(name) != record[name]]
+def conflicting_fields(existing: Registration, record: SessionRegistered) -> list[str]:
+    return [name for name in _IDENTITY_FIELDS if existing[name] != record[name]]
 
 
 def stored_event(event: EventItem, received_at_ms: int, offset: int) -> StoredEvent:
@@ -140,8 +153,8 @@ def event_size(event: StoredEvent) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """What applying one message's events changes: the entry, the pieces to write (the last
-    one rewritten, new ones after it) and the ids of the events that were new."""
+    """What applying events changes: the entry, the pieces to write (the last one
+    rewritten, new ones after it) and the ids of the events that were new."""
 
     entry: SessionEntry
     pieces: dict[int, EventPiece]
@@ -173,7 +186,7 @@ def append_events(
         return None
     appended = _with_events(entry, last_piece, new)
     waiting = entry["waiting_since_ms"]
-    if entry["registration"] is None and waiting is None:
+    if entry["registered_offset"] is None and waiting is None:
         waiting = received_at_ms
     updated: SessionEntry = {
         **appended.entry,
@@ -213,9 +226,7 @@ def _with_events(
     return Appended(updated, pieces, [stored["event_id"] for stored in new])
 
 
-def events_of(
-    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]
-) -> Iterator[StoredEvent]:
+def events_of(entry: SessionEntry, read_piece: PieceReader) -> Iterator[StoredEvent]:
     """The session's events in order, piece by piece."""
     for index in range(entry["piece_count"]):
         piece = read_piece(index)
@@ -223,9 +234,7 @@ def events_of(
             yield from piece["events"]
 
 
-def count_before(
-    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None], offset: int
-) -> int:
+def count_before(entry: SessionEntry, read_piece: PieceReader, offset: int) -> int:
     """How many of the session's events lie below ``offset`` (a prefix: events are appended
     in offset order). Only the newest pieces are read, and only when the cut falls in them."""
     last = entry["last_event_offset"]
@@ -239,14 +248,11 @@ def count_before(
     return count
 
 
-def last_active_before(
-    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None], offset: int
-) -> int:
+def last_active_before(entry: SessionEntry, read_piece: PieceReader, offset: int) -> int:
     """When the session was last active as of a cut at ``offset`` on the events topic: its
     registration, or its last event below the cut. The same however far past the cut the
     worker has read (``last_active_ms`` is not), so a replayed cut defers the same sessions."""
-    registration = entry["registration"]
-    active: int = registration["received_at_ms"] if registration else 0
+    active: int = entry["registered_at_ms"] if is_registered(entry) else 0
     if entry["last_event_offset"] is None:
         return active
     for event in _newest_first(entry, read_piece):
@@ -255,48 +261,11 @@ def last_active_before(
     return active
 
 
-def _newest_first(
-    entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]
-) -> Iterator[StoredEvent]:
+def _newest_first(entry: SessionEntry, read_piece: PieceReader) -> Iterator[StoredEvent]:
     """The session's events from the newest back, reading a piece only when reached."""
     for index in reversed(range(entry["piece_count"])):
         piece = read_piece(index)
         yield from reversed(piece["events"] if piece else [])
-
-
-def reconciled(entry: SessionEntry, read_piece: Callable[[int], EventPiece | None]) -> SessionEntry:
-    """The entry as its pieces say it is: what it counts of them, made true again.
-
-    The entry and the pieces are two tables, so two changelogs: a worker killed between
-    the two writes of one message may come back with one but not the other. The pieces
-    are the truth (a replayed message appends only what they lack): the entry's summary
-    is recounted from them. Returns ``entry`` itself when it was right.
-    """
-    count, size, index = 0, 0, 0
-    last_offset: int | None = None
-    last_received = 0
-    while (piece := read_piece(index)) is not None:
-        events = piece["events"]
-        count += len(events)
-        if events:
-            last_offset = events[-1]["offset"]
-            last_received = events[-1]["received_at_ms"]
-        size = sum(event_size(event) for event in events)
-        index += 1
-    if (count, index, last_offset) == (
-        entry["event_count"],
-        entry["piece_count"],
-        entry["last_event_offset"],
-    ):
-        return entry
-    return {
-        **entry,
-        "event_count": count,
-        "piece_count": index,
-        "last_piece_bytes": size,
-        "last_event_offset": last_offset,
-        "last_active_ms": max(entry["last_active_ms"], last_received),
-    }
 
 
 def mark_irrelevant(entry: SessionEntry, offset: int) -> SessionEntry | None:
@@ -306,30 +275,55 @@ def mark_irrelevant(entry: SessionEntry, offset: int) -> SessionEntry | None:
     return {**entry, "irrelevant_offset": offset}
 
 
+def is_fully_released(entry: SessionEntry) -> bool:
+    """Released with every event it has: no release needs to look at it again until it
+    changes."""
+    released = entry["released"]
+    return released is not None and released["event_count"] == entry["event_count"]
+
+
+def due_ms(entry: SessionEntry, orphan_wait_ms: int, retention_ms: int) -> int | None:
+    """When a tick must look at the session next: its events' wait for a registration
+    runs out, or, released with everything it has, it has been quiet for the retention
+    time. None: no tick needs it."""
+    if entry["registered_offset"] is None:
+        since = entry["waiting_since_ms"]
+        return None if since is None else since + orphan_wait_ms
+    if is_fully_released(entry):
+        return entry["last_active_ms"] + retention_ms
+    return None
+
+
 def is_waiting_too_long(entry: SessionEntry, now_ms: int, wait_ms: int) -> bool:
     """Events whose session was never registered, waiting for longer than ``wait_ms``."""
     since = entry["waiting_since_ms"]
-    return entry["registration"] is None and since is not None and now_ms - since >= wait_ms
+    return entry["registered_offset"] is None and since is not None and now_ms - since >= wait_ms
 
 
 def is_retired(entry: SessionEntry, now_ms: int, retention_ms: int) -> bool:
     """A session released with everything it has, quiet for ``retention_ms``: its released
     copy in MongoDB is all there is to keep (the caller also makes sure that no message of
     it can be read again)."""
-    released = entry["released"]
     return (
-        entry["registration"] is not None
-        and released is not None
-        and released["event_count"] == entry["event_count"]
+        is_registered(entry)
+        and is_fully_released(entry)
         and now_ms - entry["last_active_ms"] >= retention_ms
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Revived:
+    """A retired session brought back: its registration, entry and pieces to write."""
+
+    registration: Registration
+    appended: Appended
 
 
 def revived(
     waiting: SessionEntry,
     waiting_events: list[StoredEvent],
-    released: dict[str, Any],
-) -> Appended:
+    released: Mapping[str, Any],
+) -> Revived:
     """A retired session whose events came back: the entry ``waiting`` for a registration
     that never came (a retired session's was read long ago), joined to the session's latest
     released copy (a batch session document, with its events). Registered before any cut;
@@ -339,13 +333,13 @@ def revived(
     old = [stored_event(e, e["received_at_ms"], REVIVED_OFFSET) for e in released["events"]]
     old_ids = {event["event_id"] for event in old}
     new = [event for event in waiting_events if event["event_id"] not in old_ids]
-    registration = _registration(
-        released, waiting["waiting_since_ms"] or waiting["last_active_ms"], REVIVED_OFFSET
-    )
+    received_at_ms = waiting["waiting_since_ms"] or waiting["last_active_ms"]
+    registration = _registration(released, received_at_ms, REVIVED_OFFSET)
     previous = released.get("previous_batch_id")
     entry: SessionEntry = {
         **new_entry(waiting["session_id"], waiting["partition"]),
-        "registration": registration,
+        "registered_offset": REVIVED_OFFSET,
+        "registered_at_ms": received_at_ms,
         "last_active_ms": waiting["last_active_ms"],
         "released": {
             "batch_id": str(released["batch_id"]),
@@ -356,13 +350,16 @@ def revived(
     }
     stored = old + new
     if not stored:
-        return Appended(entry, {}, [])
+        return Revived(registration, Appended(entry, {}, []))
     appended = _with_events(entry, None, stored)
     last_offset = new[-1]["offset"] if new else REVIVED_OFFSET
-    return Appended(
-        {**appended.entry, "last_event_offset": last_offset},
-        appended.pieces,
-        [event["event_id"] for event in new],
+    return Revived(
+        registration,
+        Appended(
+            {**appended.entry, "last_event_offset": last_offset},
+            appended.pieces,
+            [event["event_id"] for event in new],
+        ),
     )
 
 

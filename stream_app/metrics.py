@@ -2,13 +2,14 @@
 (``CLICKSTREAM_WORKER_WEB_HOST``/``_PORT``, loopback by default; no credential, as the
 gateway's).
 
-Counted by the join agent (each message once, when it is acknowledged):
+Counted when a partition's batch commits (each message once):
 
 - ``clickstream_worker_messages_total{topic,kind}``: source messages handled, ``kind`` being
-  the schema the message's header names (``SessionRegistered``, ``SessionEvents``,
-  ``ReleaseMarker``, ``PartitionTick``, ...), or ``undecodable`` when it names none.
-- ``clickstream_dead_letters_total{reason}``: dead letters Kafka acknowledged.
-- ``clickstream_worker_handler_retries_total``: retries of a failed handler (``failures``).
+  the schema of the message (``SessionRegistered``, ``SessionEvents``, ``ReleaseMarker``,
+  ``PartitionTick``, ...), ``undecodable`` for one that is not Avro of the contract and
+  ``failed`` for one dead-lettered because handling it failed.
+- ``clickstream_dead_letters_total{reason}``: dead letters committed.
+- ``clickstream_worker_handler_retries_total``: retries of a partition whose handling failed.
 
 Counted by the release coordinator of the leading worker, once the transaction holding the
 outcome commits (an aborted poll is replayed and would count twice otherwise):
@@ -18,24 +19,19 @@ outcome commits (an aborted poll is replayed and would count twice otherwise):
 - ``clickstream_release_duration_seconds``: from the release's request time (the gateway's
   clock) to the coordinator marking the batch released.
 
-Read at scrape time, from this worker's own partitions:
+Kept by the worker as it goes, never by reading its state at scrape time:
 
 - ``clickstream_worker_consumer_lag{topic,partition}``: per source topic partition, its end
-  offset minus the position the agent has handled (or the committed offset, before the
-  agent handled anything there).
-- ``clickstream_worker_table_entries{table}``: entries of the ``sessions``, ``pieces`` and
-  ``partitions`` tables (active partitions; with RocksDB, counting walks the keys).
+  offset (as last fetched) minus the position of the worker.
+- ``clickstream_worker_table_entries{table="sessions"}``: sessions in this worker's state.
 
 Every worker counts its own: sum over workers (the dashboard does).
 """
 
 from __future__ import annotations
 
-import functools
-import struct
 from typing import TYPE_CHECKING
 
-from faust.exceptions import ConsumerNotStarted
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -50,22 +46,17 @@ from prometheus_client.registry import Collector
 from stream_app import dead_letters
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sized
+    from collections.abc import Callable, Iterable, Iterator
 
-    import faust
-    from faust.types import TP, Message
-    from faust.web import Request, Response, View
     from prometheus_client.metrics_core import Metric
 
     from batches.store import Batch
-    from schemas import AvroCodec
-    from stream_app.tables import StreamTables
+    from stream_app.outgoing import Outgoing
 
 METRICS_PATH = "/metrics"
 UNDECODABLE = "undecodable"
 # Releases wait for every partition's markers: from under a second to minutes under load.
 _RELEASE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-_HEADER = struct.Struct(">bI")  # the Confluent wire format's magic byte and schema id
 
 MESSAGES = Counter(
     "clickstream_worker_messages",
@@ -108,33 +99,24 @@ for _reason in (
     dead_letters.UNDECODABLE_MESSAGE,
     dead_letters.UNEXPECTED_MESSAGE,
     dead_letters.SNAPSHOT_REFUSED,
+    dead_letters.INVALID_MESSAGE,
+    dead_letters.HANDLING_FAILED,
 ):
     DEAD_LETTERS.labels(_reason)
 for _outcome in ("released", "empty"):
     RELEASES_TOTAL.labels(_outcome)
 
-# The next offset the agent will handle, per source partition (written on the app's loop).
-_handled_up_to: dict[TP, int] = {}
 
-
-def handled(avro: AvroCodec, message: Message) -> None:
-    """The agent acknowledged ``message``: count it and move its partition's position."""
-    MESSAGES.labels(message.topic, _kind(avro, message.value)).inc()
-    _handled_up_to[message.tp] = message.offset + 1
-
-
-def _kind(avro: AvroCodec, value: bytes | None) -> str:
-    """The schema the header names, without decoding the body."""
-    if value is None or len(value) < _HEADER.size:
-        return UNDECODABLE
-    magic, schema_id = _HEADER.unpack_from(value)
-    name = _names_by_id(avro).get(schema_id) if magic == 0 else None
-    return name.rsplit(".", 1)[-1] if name else UNDECODABLE
-
-
-@functools.cache
-def _names_by_id(avro: AvroCodec) -> dict[int, str]:
-    return {avro.schema_id(name): name for name in avro.names}
+def handled(kinds: Iterable[tuple[str, str]], out: Iterable[Outgoing]) -> None:
+    """A partition's batch committed: its messages (topic, kind) and what it sent."""
+    counts: dict[tuple[str, str], int] = {}
+    for pair in kinds:
+        counts[pair] = counts.get(pair, 0) + 1
+    for (topic, kind), count in counts.items():
+        MESSAGES.labels(topic, kind).inc(count)
+    for message in out:
+        if message.reason is not None:
+            DEAD_LETTERS.labels(message.reason).inc()
 
 
 class ReleaseOutcomes:
@@ -170,62 +152,37 @@ class ReleaseOutcomes:
 RELEASES = ReleaseOutcomes()
 
 
-class _ScrapeTime(Collector):
-    """Consumer lag and table sizes, read from the app when Prometheus scrapes."""
+class _WorkerGauges(Collector):
+    """Consumer lag and state sizes, as the worker last noted them."""
 
-    def __init__(self, app: faust.App, tables: StreamTables, sources: Iterable[str]) -> None:
-        self._app = app
-        self._tables: dict[str, Sized] = {
-            "sessions": tables.sessions,
-            "pieces": tables.pieces,
-            "partitions": tables.partitions,
-        }
-        self._sources = frozenset(sources)
+    def __init__(self, read: Callable[[], tuple[dict[tuple[str, int], int], int]]) -> None:
+        self._read = read
 
     def describe(self) -> Iterable[Metric]:
         return []  # names are not checked at registration: nothing is read before a scrape
 
     def collect(self) -> Iterator[Metric]:
+        lags, sessions = self._read()
         lag = GaugeMetricFamily(
             "clickstream_worker_consumer_lag",
             "Messages of a source partition not handled yet by this worker",
             labels=["topic", "partition"],
         )
-        for tp, value in self._lags():
-            lag.add_metric([tp.topic, str(tp.partition)], value)
+        for (topic, partition), value in sorted(lags.items()):
+            lag.add_metric([topic, str(partition)], value)
         yield lag
         entries = GaugeMetricFamily(
             "clickstream_worker_table_entries",
-            "Entries in this worker's active table partitions",
+            "Sessions in this worker's state",
             labels=["table"],
         )
-        for name, table in self._tables.items():
-            entries.add_metric([name], len(table))
+        entries.add_metric(["sessions"], sessions)
         yield entries
 
-    def _lags(self) -> Iterator[tuple[TP, int]]:
-        consumer = self._app.consumer
-        # faust's committed offsets are the next offsets to read, as Kafka's.
-        committed = getattr(consumer, "_committed_offset", {})
-        try:
-            assigned = sorted(tp for tp in consumer.assignment() if tp.topic in self._sources)
-        except ConsumerNotStarted:
-            return
-        for tp in assigned:
-            try:
-                end = consumer.highwater(tp)
-            except (AssertionError, ConsumerNotStarted):
-                continue  # revoked meanwhile (aiokafka asserts the assignment)
-            if end is None or end < 0:
-                continue  # not fetched yet: unknown
-            position = max(_handled_up_to.get(tp, 0), committed.get(tp) or 0)
-            yield tp, max(end - position, 0)
 
-
-def attach_metrics(app: faust.App, tables: StreamTables, sources: Iterable[str]) -> None:
-    """Serve ``GET /metrics`` on the worker's web server. ``sources``: the topics the join
-    agent reads, whose lag is shown."""
-    registry = CollectorRegistry()
+def registry(read: Callable[[], tuple[dict[tuple[str, int], int], int]]) -> CollectorRegistry:
+    """The worker's metrics; ``read`` gives the lags and the session count as last noted."""
+    found = CollectorRegistry()
     for metric in (
         MESSAGES,
         DEAD_LETTERS,
@@ -234,12 +191,12 @@ def attach_metrics(app: faust.App, tables: StreamTables, sources: Iterable[str])
         BATCHES_ANNOUNCED,
         RELEASE_DURATION,
     ):
-        registry.register(metric)
-    registry.register(_ScrapeTime(app, tables, sources))
-    ProcessCollector(registry=registry)  # the worker's memory and CPU
+        found.register(metric)
+    found.register(_WorkerGauges(read))
+    ProcessCollector(registry=found)  # the worker's memory and CPU
+    return found
 
-    @app.page(METRICS_PATH)
-    async def metrics(web: View, request: Request) -> Response:
-        """Prometheus text exposition."""
-        # aiohttp refuses a charset in content_type=, so the header is set whole.
-        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+def exposition(found: CollectorRegistry) -> tuple[bytes, str]:
+    """Prometheus text exposition: the body and its content type."""
+    return generate_latest(found), CONTENT_TYPE_LATEST

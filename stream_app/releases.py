@@ -145,12 +145,16 @@ class Included:
         return self.previous_batch_id is not None
 
     @property
-    def registration(self) -> Registration:
-        """The session's registration: :func:`select` includes only registered sessions."""
-        registration = self.entry["registration"]
-        if registration is None:
+    def session_id(self) -> str:
+        return self.entry["session_id"]
+
+    @property
+    def registered_offset(self) -> int:
+        """Where it was registered: :func:`select` includes only registered sessions."""
+        offset = self.entry["registered_offset"]
+        if offset is None:
             raise TypeError(f"session {self.entry['session_id']} in a release is not registered")
-        return registration
+        return offset
 
 
 @dataclass(slots=True)
@@ -180,8 +184,8 @@ def select(
     idle_ms = cut["min_idle_seconds"] * 1000
     selection = Selection()
     for entry in entries:
-        registration = entry["registration"]
-        if registration is None or registration["offset"] >= sessions_cut:
+        registered = entry["registered_offset"]
+        if registered is None or registered >= sessions_cut:
             continue
         released = entry["released"]
         if released is not None and released["batch_id"] == cut["batch_id"]:
@@ -213,9 +217,7 @@ def select(
                 released["event_count"] if released else 0,
             )
         )
-    selection.included.sort(
-        key=lambda item: (item.registration["offset"], item.entry["session_id"])
-    )
+    selection.included.sort(key=lambda item: (item.registered_offset, item.session_id))
     return selection
 
 
@@ -229,32 +231,6 @@ def mark_released(cut: Cut, item: Included) -> SessionEntry | None:
         "released": {
             "batch_id": cut["batch_id"],
             "event_count": item.event_count,
-            "previous_batch_id": released["batch_id"] if released else None,
-            "previous_event_count": released["event_count"] if released else 0,
-        },
-    }
-
-
-def repaired_mark(
-    state: PartitionReleases, cut: CompletedCut, entry: SessionEntry, event_count: int
-) -> SessionEntry | None:
-    """A session MongoDB holds in the part of ``cut``, its entry not saying so: the mark
-    was written to the table after the part, and a crash lost it. The entry with the mark
-    made again; None when it has it, or is marked by a later release already."""
-    released = entry["released"]
-    if released is not None:
-        if released["batch_id"] == cut["batch_id"]:
-            return None
-        order = [completed["batch_id"] for completed in state["releases"]]
-        if released["batch_id"] in order and order.index(released["batch_id"]) > order.index(
-            cut["batch_id"]
-        ):
-            return None
-    return {
-        **entry,
-        "released": {
-            "batch_id": cut["batch_id"],
-            "event_count": event_count,
             "previous_batch_id": released["batch_id"] if released else None,
             "previous_event_count": released["event_count"] if released else 0,
         },
@@ -281,7 +257,12 @@ def record_release(
 
 
 def session_copy(
-    batch_id: ObjectId, cut: Cut, item: Included, number: int, events: Iterable[StoredEvent]
+    batch_id: ObjectId,
+    cut: Cut,
+    item: Included,
+    number: int,
+    registration: Registration,
+    events: Iterable[StoredEvent],
 ) -> SessionCopy:
     """What goes into the batch of one session (see ``batches.documents``): ``events`` are
     the session's first ``item.event_count`` events."""
@@ -292,7 +273,7 @@ def session_copy(
         session_number=number,
         session_id=entry["session_id"],
         partition=entry["partition"],
-        registration=item.registration,
+        registration=registration,
         is_irrelevant=irrelevant_offset is not None and irrelevant_offset < cut["sessions_offset"],
         previous_batch_id=item.previous_batch_id,
         event_count=item.event_count,

@@ -17,7 +17,7 @@ from kubernetes_validate.utils import ValidationError
 
 from clickstream.settings import Settings
 from schemas import Topics
-from stream_app.session_view import READY_PATH
+from stream_app.web import READY_PATH
 from tests.deploy.kustomize import render
 
 ROOT = Path(__file__).resolve().parents[2]

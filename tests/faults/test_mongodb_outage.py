@@ -39,13 +39,12 @@ def test_a_part_written_while_mongodb_is_away_is_retried_until_it_lands(
         mongodb_uri=own_mongod.address,
         tick_interval_seconds=0.5,
         release_wait_seconds=1.0,
-        worker_web_router=True,  # to see that both workers have partitions
         mongodb_server_selection_timeout_seconds=3.0,
     )
     first = worker_factory(settings).start()
     second = worker_factory(settings).start()
 
-    wait_until_both_have_partitions(first)
+    wait_until_both_have_partitions(first, second)
     leader = eventually(lambda: next((w for w in (first, second) if _leads(w)), None))
     follower = second if leader is first else first
     ids = publish_sessions(settings, sessions=SESSIONS, events_each=2)

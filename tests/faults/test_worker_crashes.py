@@ -97,12 +97,10 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
     gateway_factory: Callable[..., LocalGateway],
     codec: AvroCodec,
 ) -> None:
-    # The router page shows that both workers have partitions.
-    stream_settings = stream_settings.model_copy(update={"worker_web_router": True})
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
 
-    wait_until_both_have_partitions(first)
+    wait_until_both_have_partitions(first, second)
     ids = publish_sessions(stream_settings, sessions=6000, events_each=2)
     gateway = gateway_factory(
         stream_settings, [first, second], CLICKSTREAM_RELEASE_WAIT_SECONDS="0.2"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from stream_app.coordinator import CallWatchdog
 from stream_app.exceptions import KafkaCallStuckError
+from stream_app.watchdog import CallWatchdog
 
 
 class _Stops:

@@ -47,12 +47,10 @@ def test_a_worker_killed_during_a_release_leaves_a_complete_batch_once_restarted
     worker_factory: Callable[..., Worker],
     codec: AvroCodec,
 ) -> None:
-    stream_settings = stream_settings.model_copy(
-        update={"worker_web_router": True, "release_wait_seconds": 1.0}
-    )
+    stream_settings = stream_settings.model_copy(update={"release_wait_seconds": 1.0})
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
-    wait_until_both_have_partitions(first)
+    wait_until_both_have_partitions(first, second)
     leader, follower = leader_and_follower(first, second)
     ids = publish_sessions(stream_settings, sessions=SESSIONS, events_each=2)
     with gateway_client(stream_settings, [first, second]) as gateway:
@@ -136,12 +134,10 @@ def test_tables_recover_after_a_restart_and_a_crash(
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_stops(
     stream_settings: Settings, worker_factory: Callable[..., Worker]
 ) -> None:
-    # The /router/ page (off by default) shows which worker owns which partition.
-    stream_settings = stream_settings.model_copy(update={"worker_web_router": True})
     first = worker_factory(stream_settings).start()
     second = worker_factory(stream_settings).start()
 
-    wait_until_both_have_partitions(first)
+    wait_until_both_have_partitions(first, second)
     sessions = [session_body() for _ in range(30)]
     with gateway_client(stream_settings, [first, second]) as gateway:
         pipeline = Pipeline(stream_settings, gateway, [first, second])

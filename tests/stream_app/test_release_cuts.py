@@ -1,51 +1,96 @@
-"""The join and the release cuts, as pure functions: entry by entry, piece by piece."""
+"""The join and the release cuts on a partition's real state (in memory): messages handled
+by the worker's handlers, their changes committed or dropped as a batch would be, releases
+cut and their documents built as the part writer builds them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from bson import ObjectId
+from confluent_kafka import Message
 
 from batches.documents import session_documents
+from clickstream.settings import Settings
+from schemas import AvroCodec, SchemaName, Topics
 from stream_app import join, releases
+from stream_app.control_auth import ControlAuth
+from stream_app.handlers import Handlers
 from stream_app.releases import MarkerOutcome
+from stream_app.state.memory import MemoryPartition
+from stream_app.state.partition import PartitionState
 
 BATCH = "65844a671089823652b83d43"
 BATCH_2 = "65844a671089823652b83d44"
+CODEC = AvroCodec()
+NAMES = Topics()
+SETTINGS = Settings(control_secret=["test"])  # type: ignore[arg-type]
+# The handlers of the join; releases are cut below without MongoDB.
+HANDLERS = Handlers(
+    SETTINGS,
+    NAMES,
+    CODEC,
+    ControlAuth.from_settings(SETTINGS),
+    None,
+    None,  # type: ignore[arg-type]
+)
 
 
 class Partition:
-    """One partition's table values, as the agent keeps them (entries and pieces)."""
+    """One partition's state, fed messages as the worker would be."""
 
     def __init__(self, partition: int = 0) -> None:
         self.partition = partition
-        self.entries: dict[str, join.SessionEntry] = {}
-        self.pieces: dict[str, join.EventPiece] = {}
-        self.state = releases.new_partition_state(partition)
+        self.state = PartitionState(MemoryPartition(partition, HANDLERS.due_ms))
+        self._position = 0
+
+    def _handle(self, topic: str, offset: int, schema: str, record: dict[str, Any]) -> None:
+        message = Message(
+            topic=topic,
+            partition=self.partition,
+            offset=offset,
+            key=record["session_id"].encode(),
+            value=CODEC.encode(schema, record),
+        )
+        out: list[Any] = []
+        HANDLERS.handle(self.state, message, out)
+        assert out == [], "nothing dead-lettered"
+
+    def commit(self) -> None:
+        """The batch's changes committed, as after the changelog transaction."""
+        encoded = {
+            c.key: None if c.value is None else CODEC.encode(c.kind.schema, c.value)
+            for c in self.state.staged()
+        }
+        self._position += len(encoded)
+        self.state.committed(encoded, self._position)
+
+    def entry(self, session_id: str) -> join.SessionEntry:
+        found = self.state.entry(session_id)
+        assert found is not None
+        return found
 
     def reader(self, session_id: str) -> Any:
-        return lambda index: self.pieces.get(join.piece_key(session_id, index))
+        return self.state.piece_reader(session_id)
 
     def register(self, session_id: str, offset: int, received_at_ms: int = 1_000) -> None:
-        entry = self.entries.get(session_id) or join.new_entry(session_id, self.partition)
-        outcome, entry = join.register(entry, _registration(session_id, received_at_ms), offset)
-        assert outcome is join.Registered.NEW
-        self.entries[session_id] = entry
+        record = _registration(session_id, received_at_ms)
+        self._handle(NAMES.sessions, offset, SchemaName.SESSION_REGISTERED, record)
+        self.commit()
 
     def add(
         self, session_id: str, offset: int, *event_ids: str, received_at_ms: int = 1_000
     ) -> int:
-        entry = self.entries.get(session_id) or join.new_entry(session_id, self.partition)
-        known = {e["event_id"] for e in join.events_of(entry, self.reader(session_id))}
-        last = self.pieces.get(join.piece_key(session_id, entry["piece_count"] - 1))
-        events = [_event(event_id) for event_id in event_ids]
-        appended = join.append_events(entry, last, known, events, received_at_ms, offset)
-        if appended is None:
-            return 0
-        for index, piece in appended.pieces.items():
-            self.pieces[join.piece_key(session_id, index)] = piece
-        self.entries[session_id] = appended.entry
-        return len(appended.new_ids)
+        """Events in one message; how many were new."""
+        before = self.state.entry(session_id)
+        record = {
+            "session_id": session_id,
+            "events": [_event(event_id) for event_id in event_ids],
+            "received_at_ms": received_at_ms,
+        }
+        self._handle(NAMES.events, offset, SchemaName.SESSION_EVENTS, record)
+        self.commit()
+        after = self.entry(session_id)
+        return after["event_count"] - (before["event_count"] if before else 0)
 
     def count_before(self, entry: join.SessionEntry, offset: int) -> int:
         return join.count_before(entry, self.reader(entry["session_id"]), offset)
@@ -53,45 +98,62 @@ class Partition:
     def cut(
         self, sessions_offset: int, events_offset: int, **marker: Any
     ) -> tuple[releases.Cut, releases.Selection]:
-        first, self.state, _ = releases.on_marker(
-            self.state, _marker(**marker), releases.SESSIONS, sessions_offset
+        state = self.state.releases()
+        first, state, _ = releases.on_marker(
+            state, _marker(**marker), releases.SESSIONS, sessions_offset
         )
-        outcome, self.state, cut = releases.on_marker(
-            self.state, _marker(**marker), releases.EVENTS, events_offset
+        outcome, state, cut = releases.on_marker(
+            state, _marker(**marker), releases.EVENTS, events_offset
         )
+        self.state.put_releases(state)
+        self.commit()
         assert first is MarkerOutcome.WAITING
         assert outcome is MarkerOutcome.COMPLETE
         assert cut is not None
-        return cut, self.select(cut)
+        return cast("releases.Cut", cut), self.select(cast("releases.Cut", cut))
 
     def select(self, cut: releases.Cut) -> releases.Selection:
-        return releases.select(cut, list(self.entries.values()), self.reader)
+        return releases.select(cut, self.state.dirty_entries(), self.reader)
 
     def documents(self, cut: releases.Cut, selection: releases.Selection) -> list[dict[str, Any]]:
         out = []
         for rank, item in enumerate(selection.included):
             number = releases.session_number(rank, self.partition, 6)
-            events = list(join.events_of(item.entry, self.reader(item.entry["session_id"])))
+            events = list(join.events_of(item.entry, self.reader(item.session_id)))
+            registration = self.state.registration(item.session_id)
+            assert registration is not None
             copy = releases.session_copy(
-                ObjectId(cut["batch_id"]), cut, item, number, events[: item.event_count]
+                ObjectId(cut["batch_id"]),
+                cut,
+                item,
+                number,
+                registration,
+                events[: item.event_count],
             )
             head, chunks = session_documents(copy)
             assert not chunks
             out.append(dict(head))
         return out
 
-    def complete(self, cut: releases.Cut, selection: releases.Selection) -> None:
+    def mark(self, cut: releases.Cut, selection: releases.Selection) -> None:
+        """Stage what completing the part changes (not committed)."""
         for item in selection.included:
             marked = releases.mark_released(cut, item)
             if marked is not None:
-                self.entries[item.entry["session_id"]] = marked
-        counts = {
+                self.state.put_entry(marked)
+        counts: releases.PartCounts = {
             "session_count": len(selection.included),
             "event_count": sum(i.event_count for i in selection.included),
             "repeat_session_count": selection.repeat_count,
             "deferred_session_count": selection.deferred,
         }
-        self.state = releases.record_release(self.state, cut, counts, history=10)
+        self.state.put_releases(
+            releases.record_release(self.state.releases(), cut, counts, history=10)
+        )
+
+    def complete(self, cut: releases.Cut, selection: releases.Selection) -> None:
+        self.mark(cut, selection)
+        self.commit()
 
 
 def _registration(session_id: str, received_at_ms: int) -> dict[str, Any]:
@@ -223,11 +285,9 @@ def test_a_marker_replayed_after_a_crash_mid_release_gives_the_same_part() -> No
         partition.add(f"s{n}", 10 + n, f"e{n}")
     cut, selection = partition.cut(sessions_offset=5, events_offset=20)
     written = partition.documents(cut, selection)
-    # The crash: two sessions were marked, the partition's state was not written.
-    for item in selection.included[:2]:
-        marked = releases.mark_released(cut, item)
-        assert marked is not None
-        partition.entries[item.entry["session_id"]] = marked
+    # The crash: the sessions were marked, the batch's transaction never committed.
+    partition.mark(cut, selection)
+    partition.state.drop_staged()
     partition.add("s0", 30, "after the marker")
 
     again = partition.select(cut)
@@ -244,11 +304,11 @@ def test_a_marker_of_a_completed_release_reports_the_same_part_again() -> None:
     partition.complete(cut, selection)
 
     outcome, state, completed = releases.on_marker(
-        partition.state, _marker(), releases.SESSIONS, 40
+        partition.state.releases(), _marker(), releases.SESSIONS, 40
     )
 
     assert outcome is MarkerOutcome.REPLAY
-    assert state == partition.state
+    assert state == partition.state.releases()
     assert completed is not None
     assert (completed["session_count"], completed["event_count"]) == (1, 1)
 
@@ -281,26 +341,24 @@ def test_events_live_in_bounded_pieces_and_are_deduplicated_across_them() -> Non
     partition = Partition()
     partition.register("big", 0)
     meta = '{"padding":"' + "x" * 600 + '"}'
-    entry = partition.entries["big"]
-    offset = 0
     for request in range(20):  # 20 requests of 100 events of about 700 bytes
-        known = {e["event_id"] for e in join.events_of(entry, partition.reader("big"))}
-        last = partition.pieces.get(join.piece_key("big", entry["piece_count"] - 1))
-        events = [_event(f"r{request}e{n}", meta) for n in range(100)]
-        appended = join.append_events(entry, last, known, events, 1_000, offset)
-        assert appended is not None
-        for index, piece in appended.pieces.items():
-            partition.pieces[join.piece_key("big", index)] = piece
-        entry = partition.entries["big"] = appended.entry
-        offset += 1
+        record = {
+            "session_id": "big",
+            "events": [_event(f"r{request}e{n}", meta) for n in range(100)],
+            "received_at_ms": 1_000,
+        }
+        partition._handle(NAMES.events, request, SchemaName.SESSION_EVENTS, record)
+        partition.commit()
 
+    entry = partition.entry("big")
     assert entry["event_count"] == 2000
-    sizes = [sum(join.event_size(e) for e in p["events"]) for p in partition.pieces.values()]
+    pieces = [partition.state.piece("big", i) for i in range(entry["piece_count"])]
+    sizes = [sum(join.event_size(e) for e in p["events"]) for p in pieces if p]
     assert len(sizes) == entry["piece_count"] > 1
     assert max(sizes) <= join.PIECE_BYTES
     assert partition.add("big", 99, "r3e7", "r19e99", "fresh") == 1, "only the new id is kept"
-    assert partition.count_before(partition.entries["big"], 5) == 500
-    events = list(join.events_of(partition.entries["big"], partition.reader("big")))
+    assert partition.count_before(partition.entry("big"), 5) == 500
+    events = list(join.events_of(partition.entry("big"), partition.reader("big")))
     assert [e["event_id"] for e in events[:2]] == ["r0e0", "r0e1"]
     assert events[-1]["event_id"] == "fresh"
 
@@ -311,23 +369,32 @@ def test_a_session_released_and_quiet_is_retired_and_comes_back_from_its_copy() 
     partition.add("s", 1, "e", received_at_ms=1_000)
     cut, selection = partition.cut(sessions_offset=3, events_offset=5)
 
-    assert not join.is_retired(partition.entries["s"], 10_000, 5_000), "not released yet"
+    assert not join.is_retired(partition.entry("s"), 10_000, 5_000), "not released yet"
     partition.complete(cut, selection)
-    assert not join.is_retired(partition.entries["s"], 5_000, 5_000), "not quiet long enough"
-    assert join.is_retired(partition.entries["s"], 6_000, 5_000)
+    assert not join.is_retired(partition.entry("s"), 5_000, 5_000), "not quiet long enough"
+    assert join.is_retired(partition.entry("s"), 6_000, 5_000)
+    when = HANDLERS.due_ms(partition.entry("s"))
+    assert when is not None
+    assert partition.state.due_entries(when - 1, HANDLERS.due_ms) == []
+    due = partition.state.due_entries(when, HANDLERS.due_ms)
+    assert [e["session_id"] for e in due] == ["s"], "a tick finds it by its due time"
 
     [copy] = partition.documents(cut, selection)
-    # Retired: the tables forget it. Events for it then wait for a registration, like any
+    # Retired: the state forgets it. Events for it then wait for a registration, like any
     # session's events read before their registration; once the wait is over, they join
     # the released copy.
-    partition.entries, partition.pieces = {}, {}
+    partition.state.remove_session(partition.entry("s"))
+    partition.commit()
+    assert partition.state.entry("s") is None
     partition.add("s", 8, "e", "later", received_at_ms=50_000)
-    waiting = partition.entries["s"]
+    waiting = partition.entry("s")
     events = list(join.events_of(waiting, partition.reader("s")))
     revived = join.revived(waiting, events, copy)
-    assert revived.new_ids == ["later"], "the old event sent again is a duplicate"
-    partition.entries = {"s": revived.entry}
-    partition.pieces = {join.piece_key("s", i): piece for i, piece in revived.pieces.items()}
+    assert revived.appended.new_ids == ["later"], "the old event sent again is a duplicate"
+    partition.state.put_registration("s", revived.registration)
+    partition.state.put_appended(revived.appended)
+    partition.state.forget_known_ids("s")
+    partition.commit()
     assert partition.add("s", 10, "e", received_at_ms=60_000) == 0, "and stays one"
     later_cut, later = partition.cut(sessions_offset=4, events_offset=12, batch_id=BATCH_2)
 
@@ -343,54 +410,37 @@ def test_a_session_released_and_quiet_is_retired_and_comes_back_from_its_copy() 
 
 def test_registration_rules() -> None:
     entry = join.new_entry("s", 0)
-    record = _registration("s", 1)
+    record = cast("Any", _registration("s", 1))
 
-    outcome, registered = join.register(entry, record, 3)
+    outcome, registered, stored = join.register(entry, None, record, 3)
     assert outcome is join.Registered.NEW
-    assert join.register(registered, {**record, "created_at": 2}, 4)[0] is join.Registered.DUPLICATE
-    assert join.register(registered, {**record, "user_id": "other"}, 5)[0] is (
-        join.Registered.CONFLICT
-    )
-    assert join.conflicting_fields(registered, {**record, "user_id": "other"}) == ["user_id"]
-    assert registered["registration"]["offset"] == 3
-    assert entry["registration"] is None, "the given entry is left as it was"
+    assert stored is not None
+    assert stored["offset"] == 3
+    assert registered["registered_offset"] == 3
+    again = {**record, "created_at": 2}
+    assert join.register(registered, stored, again, 4)[0] is join.Registered.DUPLICATE
+    other = {**record, "user_id": "other"}
+    assert join.register(registered, stored, other, 5)[0] is join.Registered.CONFLICT
+    assert join.conflicting_fields(stored, other) == ["user_id"]
+    assert entry["registered_offset"] is None, "the given entry is left as it was"
 
 
-def test_an_entry_that_lost_a_write_its_pieces_have_is_recounted_from_them() -> None:
+def test_a_batch_that_never_committed_leaves_the_state_as_it_was() -> None:
     partition = Partition()
     partition.register("s", 0)
     partition.add("s", 1, "a", "b")
-    before_crash = partition.entries["s"]
-    partition.add("s", 2, "c")  # the crash keeps this piece write, loses the entry's
+    committed = partition.entry("s")
+    record = {"session_id": "s", "events": [_event("c")], "received_at_ms": 2_000}
+    partition._handle(NAMES.events, 2, SchemaName.SESSION_EVENTS, record)
+    assert partition.entry("s")["event_count"] == 3, "the batch sees its own changes"
 
-    recounted = join.reconciled(before_crash, partition.reader("s"))
+    partition.state.drop_staged()  # its transaction aborted
 
-    assert recounted["event_count"] == 3
-    assert recounted["last_event_offset"] == 2
-    assert join.reconciled(recounted, partition.reader("s")) is recounted, "true: as it is"
-    partition.entries["s"] = recounted
-    assert partition.add("s", 2, "c") == 0, "the replayed message adds nothing"
+    assert partition.entry("s") == committed
+    assert partition.add("s", 2, "c") == 1, "handled again, the event counts once"
     cut, selection = partition.cut(sessions_offset=3, events_offset=5)
     [doc] = partition.documents(cut, selection)
     assert [e["event_id"] for e in doc["events"]] == ["a", "b", "c"], "none of them lost"
-
-
-def test_a_release_mark_lost_in_a_crash_is_made_again_unless_a_later_one_came() -> None:
-    partition = Partition()
-    partition.register("s", 0)
-    partition.add("s", 1, "a")
-    cut, selection = partition.cut(sessions_offset=3, events_offset=5)
-    unmarked = partition.entries["s"]
+    assert [e["session_id"] for e in partition.state.dirty_entries()] == ["s"]
     partition.complete(cut, selection)
-    [completed] = partition.state["releases"]
-
-    again = releases.repaired_mark(partition.state, completed, unmarked, 1)
-
-    assert again is not None
-    assert again["released"] == partition.entries["s"]["released"]
-    assert releases.repaired_mark(partition.state, completed, again, 1) is None
-    partition.add("s", 7, "b")
-    second_cut, second = partition.cut(sessions_offset=4, events_offset=9, batch_id=BATCH_2)
-    partition.complete(second_cut, second)
-    later = partition.entries["s"]
-    assert releases.repaired_mark(partition.state, completed, later, 1) is None
+    assert partition.state.dirty_entries() == [], "released with all it has: not dirty"

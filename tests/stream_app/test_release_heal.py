@@ -52,9 +52,10 @@ def test_a_batch_whose_markers_were_lost_on_some_partitions_heals(
         pipeline.add_events(session["session_id"], [event_body()])
     reader = TopicReader(pipeline.settings.kafka_common_config(), codec)
     by_partition: dict[int, set[str]] = defaultdict(set)
-    for message in reader.read(Topics(pipeline.settings.topic_prefix).sessions):
-        if message.name == "clickstream.SessionRegistered":
-            by_partition[message.partition].add(message.record["session_id"])
+    for message, registration in reader.read_registrations(
+        Topics(pipeline.settings.topic_prefix).sessions
+    ):
+        by_partition[message.partition].add(registration["session_id"])
     assert len(by_partition) >= 2, "sessions spread over partitions"
     lost = set(sorted(by_partition)[:2])
     # What a lost marker leaves: the batch opened, every other partition reported its

@@ -116,16 +116,12 @@ def _publish_received_at(
             now=when,
         ),
     ]
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_common_config()["bootstrap.servers"],
-            "acks": "all",
-            "enable.idempotence": True,
-        }
-    )
+    producer = Producer(settings.kafka_producer_config())
     for message in outgoing:
         producer.produce(message.topic, message.value, key=message.key)
-    assert producer.flush(30) == 0
+        # In order: events an hour old read before their registration would be due to
+        # expire at the next tick (they waited an hour, as far as their times say).
+        assert producer.flush(30) == 0
 
 
 def test_min_idle_seconds_leaves_active_sessions_for_the_next_release(pipeline: Pipeline) -> None:
@@ -134,7 +130,10 @@ def test_min_idle_seconds_leaves_active_sessions_for_the_next_release(pipeline: 
     # ``active`` now, an hour within min_idle of the release, whatever the machine's pace.
     min_idle = 3600
     idle, active = session_body(), session_body()
-    _publish_received_at(pipeline.settings, idle, [event_body()], time.time() - min_idle - 60)
+    when = time.time() - min_idle - 60
+    _publish_received_at(pipeline.settings, idle, [], when)
+    pipeline.wait_session(idle["session_id"])
+    _publish_received_at(pipeline.settings, idle, [event_body()], when)
     pipeline.wait_session(idle["session_id"], events=1)
     pipeline.register(active)
     pipeline.add_events(active["session_id"], [event_body()])
@@ -207,12 +206,10 @@ def test_a_release_still_waiting_for_a_partition_answers_202_then_completes_on_i
 ) -> None:
     # Two workers, one paused: its partitions cannot write their part until it resumes, so
     # the release is still releasing when the wait ends, however fast the machine.
-    settings = settings_factory(
-        tick_interval_seconds=0.5, release_wait_seconds=1.0, worker_web_router=True
-    )
+    settings = settings_factory(tick_interval_seconds=0.5, release_wait_seconds=1.0)
     first = worker_factory(settings).start()
     second = worker_factory(settings).start()
-    wait_until_both_have_partitions(first)
+    wait_until_both_have_partitions(first, second)
     _, follower = leader_and_follower(first, second)
     ids = publish_sessions(settings, sessions=60, events_each=2)
 

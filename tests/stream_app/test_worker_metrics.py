@@ -99,26 +99,28 @@ def test_metrics_count_exactly_what_a_known_load_gives(pipeline: Pipeline) -> No
     assert samples[("clickstream_release_duration_seconds_count", frozenset())] == 1
     assert samples[("clickstream_release_duration_seconds_sum", frozenset())] > 0
     assert samples[("clickstream_worker_handler_retries_total", frozenset())] == 0
-    assert _by(samples, "clickstream_worker_table_entries", "table") == {
-        "sessions": 4,
-        "pieces": 4,  # a few small events fit in one piece per session
-        "partitions": partitions,
-    }
+    assert _by(samples, "clickstream_worker_table_entries", "table") == {"sessions": 4}
     shown = re.findall(r"clickstream_(?!gateway_)[a-z_]+", DASHBOARD.read_text())
     served = {name for name, _ in samples} | {name.removesuffix("_bucket") for name, _ in samples}
     assert set(shown) <= served, "the dashboard shows only what the worker serves"
 
 
 def test_consumer_lag_shows_a_backlog_and_returns_to_zero(pipeline: Pipeline) -> None:
-    """A burst of messages on one partition, each dead-lettered (an acknowledged send per
-    message), is a backlog the worker works through: the lag of that partition is seen
-    above 0, then back at 0 once every message was handled."""
+    """A burst of messages on one partition, each dead-lettered, is a backlog the worker
+    works through: the lag of that partition is seen above 0, then back at 0 once every
+    message was handled. (The worker handles messages in batches: a burst of a few hundred
+    is gone before a scrape could see it.)"""
     topics = Topics(pipeline.settings.topic_prefix)
-    burst = 300
+    burst = 30_000
     producer = Producer(pipeline.settings.kafka_producer_config())
     for _ in range(burst):
-        producer.produce(topics.sessions, b"not an avro message", b"one key, one partition")
-    assert producer.flush(10) == 0
+        while True:
+            try:
+                producer.produce(topics.sessions, b"not an avro message", b"one partition")
+                break
+            except BufferError:
+                producer.poll(0.01)
+    assert producer.flush(30) == 0
     worker = pipeline.workers[0]
     seen: list[float] = []
 

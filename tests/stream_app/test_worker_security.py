@@ -1,5 +1,6 @@
-"""The worker's web server serves only what the gateway needs, on loopback; the worker
-takes the same Kafka security settings as every other client."""
+"""The worker's web server serves only what the gateway needs, on loopback; the worker's
+Kafka clients take the same security settings as every other client (librdkafka's as they
+are; the one aiokafka client that takes a stopping worker out of its group, mapped)."""
 
 from __future__ import annotations
 
@@ -7,32 +8,28 @@ import ssl
 from typing import TYPE_CHECKING
 
 import certifi
-import faust
 import httpx
 import pytest
-from faust.types.auth import AuthProtocol, SASLMechanism
 
-from batches.store import BatchStore
-from clickstream.settings import Settings
-from stream_app.app import create_app
 from stream_app.exceptions import UnsupportedKafkaSecurityError
-from stream_app.kafka_security import faust_kafka_security
+from stream_app.kafka_security import aiokafka_security
 from tests.utils.payloads import event_body, session_body
 from tests.utils.pipeline import Pipeline, gateway_client
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from clickstream.settings import Settings
     from tests.utils.pipeline import Worker
 
 
 def test_plaintext_and_client_tuning_need_no_credentials() -> None:
-    assert faust_kafka_security({}) == {}
-    assert faust_kafka_security({"security.protocol": "PLAINTEXT", "client.id": "x"}) == {}
+    assert aiokafka_security({}) == {}
+    assert aiokafka_security({"security.protocol": "PLAINTEXT", "client.id": "x"}) == {}
 
 
-def test_sasl_over_tls_maps_to_faust_sasl_credentials_with_a_verifying_context() -> None:
-    options = faust_kafka_security(
+def test_sasl_over_tls_maps_to_aiokafka_sasl_with_a_verifying_context() -> None:
+    options = aiokafka_security(
         {
             "security.protocol": "SASL_SSL",
             "sasl.mechanism": "SCRAM-SHA-512",
@@ -42,40 +39,39 @@ def test_sasl_over_tls_maps_to_faust_sasl_credentials_with_a_verifying_context()
         }
     )
 
-    credentials = options["broker_credentials"]
-    assert isinstance(credentials, faust.SASLCredentials)
-    assert (credentials.username, credentials.password) == ("clickstream-worker", "s3cret")
-    assert credentials.mechanism is SASLMechanism.SCRAM_SHA_512
-    assert credentials.protocol is AuthProtocol.SASL_SSL
-    assert credentials.ssl_context is not None
-    assert credentials.ssl_context.verify_mode is ssl.CERT_REQUIRED
-    assert credentials.ssl_context.check_hostname is True
-    assert "s3cret" not in repr(credentials)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == (
+        "clickstream-worker",
+        "s3cret",
+    )
+    context = options["ssl_context"]
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname is True
 
 
-def test_sasl_plaintext_and_plain_tls_map_to_their_faust_credentials() -> None:
-    sasl = faust_kafka_security(
+def test_sasl_plaintext_and_plain_tls_map_to_their_aiokafka_settings() -> None:
+    sasl = aiokafka_security(
         {
             "security.protocol": "SASL_PLAINTEXT",
             "sasl.mechanisms": "PLAIN",
             "sasl.username": "u",
             "sasl.password": "p",
         }
-    )["broker_credentials"]
-    tls = faust_kafka_security(
+    )
+    tls = aiokafka_security(
         {
             "security.protocol": "SSL",
             "ssl.ca.location": certifi.where(),
             "ssl.endpoint.identification.algorithm": "none",
         }
-    )["broker_credentials"]
+    )
 
-    assert (sasl.protocol, sasl.mechanism) == (AuthProtocol.SASL_PLAINTEXT, SASLMechanism.PLAIN)
-    assert sasl.ssl_context is None
-    assert isinstance(tls, faust.SSLCredentials)
-    assert tls.protocol is AuthProtocol.SSL
-    assert tls.context.check_hostname is False
-    assert tls.context.verify_mode is ssl.CERT_REQUIRED
+    assert (sasl["security_protocol"], sasl["sasl_mechanism"]) == ("SASL_PLAINTEXT", "PLAIN")
+    assert "ssl_context" not in sasl
+    assert tls["security_protocol"] == "SSL"
+    assert tls["ssl_context"].check_hostname is False
+    assert tls["ssl_context"].verify_mode is ssl.CERT_REQUIRED
 
 
 @pytest.mark.parametrize(
@@ -91,34 +87,7 @@ def test_security_the_worker_cannot_apply_stops_it_rather_than_connect_with_less
     extra: dict[str, str],
 ) -> None:
     with pytest.raises(UnsupportedKafkaSecurityError):
-        faust_kafka_security(extra)
-
-
-def test_the_worker_app_gets_the_credentials(settings: Settings) -> None:
-    secured = settings.model_copy(
-        update={
-            "kafka_extra_config": Settings.model_validate(
-                {
-                    "kafka_extra_config": {
-                        "security.protocol": "SASL_PLAINTEXT",
-                        "sasl.mechanism": "SCRAM-SHA-256",
-                        "sasl.username": "w",
-                        "sasl.password": "p",
-                    }
-                }
-            ).kafka_extra_config
-        }
-    )
-    store = BatchStore.connect(settings.mongodb_url or "", settings.mongodb_database)
-    try:
-        app = create_app(secured, store)
-        credentials = app.conf.broker_credentials
-    finally:
-        store.close()
-
-    assert isinstance(credentials, faust.SASLCredentials)
-    assert credentials.mechanism is SASLMechanism.SCRAM_SHA_256
-    assert credentials.username == "w"
+        aiokafka_security(extra)
 
 
 def test_a_worker_with_plaintext_extra_config_runs_and_serves_only_what_the_gateway_needs(
@@ -137,7 +106,7 @@ def test_a_worker_with_plaintext_extra_config_runs_and_serves_only_what_the_gate
 
         pages = {
             path: httpx.get(f"{worker.url}{path}", timeout=5).status_code
-            for path in ("/table/", "/table/sessions/", "/router/", "/graph/", "/stats/")
+            for path in ("/table/", "/table/sessions/", "/router/", "/graph/", "/stats/", "/")
         }
         direct = httpx.get(
             f"{worker.url}/sessions/", params={"session_id": session["session_id"]}, timeout=5

@@ -88,13 +88,15 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float 
         time.sleep(interval)
 
 
-def wait_until_both_have_partitions(first: Worker, timeout: float = 60.0) -> None:
-    """Until two workers each own partitions, as ``first``'s router page shows (the
-    settings need ``worker_web_router``)."""
+def wait_until_both_have_partitions(first: Worker, second: Worker, timeout: float = 60.0) -> None:
+    """Until two workers each hold partitions, as their ``/partitions/`` pages show."""
 
     def shared() -> bool:
-        owners = httpx.get(f"{first.url}/router/", timeout=5).json()
-        return sum(1 for tables in owners.values() if any(tables.values())) == 2
+        held = [
+            httpx.get(f"{w.url}/partitions/", timeout=5).json()["partitions"]
+            for w in (first, second)
+        ]
+        return all(held) and not set(held[0]) & set(held[1])
 
     eventually(shared, timeout)
 
