@@ -59,9 +59,19 @@ class IngestMessages:
 
     def session(self, session: SessionIn, now: float | None = None) -> PreparedSession:
         """The SessionRegistered message; ``created_at`` defaults to ``now`` (UTC seconds)."""
+        record = self.session_record(session, now)
+        message = OutgoingMessage(
+            self._topics.sessions,
+            session.session_id.encode(),
+            self._codec.encode(SchemaName.SESSION_REGISTERED, record),
+        )
+        return PreparedSession(message, record["created_at"])
+
+    def session_record(self, session: SessionIn, now: float | None = None) -> SessionRegistered:
+        """The SessionRegistered record of a request, its defaults applied."""
         now = time.time() if now is None else now
         created_at = int(now) if session.created_at is None else session.created_at
-        record: SessionRegistered = {
+        return {
             "session_id": session.session_id,
             "search_query": session.search_query,
             "search_results": [_result_record(result) for result in session.search_results],
@@ -70,19 +80,27 @@ class IngestMessages:
             "created_at": created_at,
             "received_at_ms": int(now * 1000),
         }
-        message = OutgoingMessage(
-            self._topics.sessions,
-            session.session_id.encode(),
-            self._codec.encode(SchemaName.SESSION_REGISTERED, record),
-        )
-        return PreparedSession(message, created_at)
 
     def events(self, batch: EventsIn, now: float | None = None) -> list[OutgoingMessage]:
         """The request's events in SessionEvents messages keyed by the session, in order:
         one message, or more if they exceed ``MAX_EVENTS_MESSAGE_BYTES``."""
+        key = batch.session_id.encode()
+        return [
+            OutgoingMessage(
+                self._topics.events, key, self._codec.encode(SchemaName.SESSION_EVENTS, record)
+            )
+            for record, _ in self.events_records(batch, now)
+        ]
+
+    def events_records(
+        self, batch: EventsIn, now: float | None = None
+    ) -> list[tuple[SessionEvents, int]]:
+        """The request's events as SessionEvents records of at most about
+        ``MAX_EVENTS_MESSAGE_BYTES`` each, in order, with the size of each."""
         now = time.time() if now is None else now
         now_seconds = int(now)
         chunks: list[list[EventItem]] = [[]]
+        sizes = [0]
         size = 0
         for event in batch.events:
             meta = _json_or_none(event.meta)
@@ -103,22 +121,20 @@ class IngestMessages:
             )
             if chunks[-1] and size + item_size > MAX_EVENTS_MESSAGE_BYTES:
                 chunks.append([])
+                sizes.append(0)
                 size = 0
             chunks[-1].append(item)
             size += item_size
-        key, received_at_ms = batch.session_id.encode(), int(now * 1000)
+            sizes[-1] = size
+        received_at_ms = int(now * 1000)
         return [
-            OutgoingMessage(
-                self._topics.events,
-                key,
-                self._codec.encode(
-                    SchemaName.SESSION_EVENTS,
-                    SessionEvents(
-                        session_id=batch.session_id, events=chunk, received_at_ms=received_at_ms
-                    ),
+            (
+                SessionEvents(
+                    session_id=batch.session_id, events=chunk, received_at_ms=received_at_ms
                 ),
+                chunk_size,
             )
-            for chunk in chunks
+            for chunk, chunk_size in zip(chunks, sizes, strict=True)
             if chunk
         ]
 

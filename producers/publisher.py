@@ -111,6 +111,11 @@ class KafkaPublisher:
         self._lock = threading.Lock()
         self._generation = _Generation(1, config, self._on_error)
         self._stopping = threading.Event()
+        # Outcomes for waiters on event loops, handed over once per poll rather than once
+        # per request: each hand-over is a thread wake-up of the loop (delivery thread only).
+        self._settlements: list[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[None], Exception | None]
+        ] = []
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
 
@@ -139,6 +144,23 @@ class KafkaPublisher:
                 except Exception:
                     logger.exception("producer replacement failed, trying again")
                     self._stopping.wait(1.0)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Settle the waiters whose reports this poll served: one call per event loop."""
+        if not self._settlements:
+            return
+        settled, self._settlements = self._settlements, []
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Exception | None]]
+        ] = {}
+        for loop, future, error in settled:
+            by_loop.setdefault(loop, []).append((future, error))
+        for loop, outcomes in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, outcomes)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                continue
 
     def _replace(self, old: _Generation) -> None:
         """Swap in a new producer, then fail what waits on the old one (poll thread only)."""
@@ -228,7 +250,10 @@ class KafkaPublisher:
         future: asyncio.Future[None] = loop.create_future()
 
         def done(error: Exception | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
+            if threading.current_thread() is self._poller:
+                self._settlements.append((loop, future, error))  # handed over after the poll
+            else:
+                loop.call_soon_threadsafe(_settle, future, error)
 
         self.send(messages, done)
         try:
@@ -251,6 +276,17 @@ class KafkaPublisher:
             future.result(self.timeout + _WAIT_MARGIN_SECONDS)
         except concurrent.futures.TimeoutError:
             raise PublishUnavailableError("Kafka did not acknowledge in time") from None
+
+    def partition_count(self, topic: str, timeout: float = 10.0) -> int | None:
+        """How many partitions ``topic`` has; None if it is missing or cannot be read."""
+        try:
+            metadata = self._generation.producer.list_topics(topic, timeout=timeout)
+        except KafkaException:
+            return None
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return None
+        return len(found.partitions)
 
     def missing_topics(self, topics: Sequence[str], timeout: float = 2.0) -> list[str]:
         """Which of ``topics`` the brokers lack (a metadata call: not for the hot path)."""
@@ -277,6 +313,11 @@ def _retire(producer: Producer) -> None:
         producer.close()
     except Exception:
         logger.exception("closing the replaced producer failed")
+
+
+def _settle_all(outcomes: list[tuple[asyncio.Future[None], Exception | None]]) -> None:
+    for future, error in outcomes:
+        _settle(future, error)
 
 
 def _settle(future: asyncio.Future[None], error: Exception | None) -> None:

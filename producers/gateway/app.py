@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from clickstream.shutdown import close_within
 from producers.gateway.body_limit import BodySizeLimit
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
+from producers.gateway.fast_ingest import FastIngest
 from producers.gateway.metrics import GatewayMetrics, MeteredPublisher
 from producers.gateway.routes import batches, health, sessions
 from producers.gateway.security import (
@@ -26,6 +28,7 @@ from producers.gateway.security import (
     require_internal_token,
 )
 from producers.gateway.workers import WorkerClient
+from producers.grouping import GroupingPublisher
 from producers.ingest import IngestMessages
 from producers.models import Limits, request_models
 from schemas import AvroCodec, Topics
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from pydantic import BaseModel
+
+    from producers.publisher import KafkaPublisher
+
+logger = logging.getLogger(__name__)
 
 # A gone or paused mongod must not hold the stop (see close_within).
 _STORE_CLOSE_SECONDS = 1.5
@@ -64,12 +71,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         mongodb_url = settings.mongodb_url
         store = BatchStore.from_settings(settings) if mongodb_url else None
+        codec = AvroCodec()
         app.state.gateway = Gateway(
             settings=settings,
             models=models,
             topics=topics,
-            messages=IngestMessages(AvroCodec(), topics),
+            messages=IngestMessages(codec, topics),
             publisher=publisher,
+            grouping=GroupingPublisher(
+                publisher, codec, topics, _partitions_to_group(publisher, topics, settings)
+            ),
             workers=workers,
             store=store,
         )
@@ -110,8 +121,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         [models.SessionIn, models.EventsIn, models.SessionRef, models.ReleaseIn],
         settings.max_id_length,
     )
-    metrics.instrument(app)  # last: its middleware is the outermost, counting every answer
+    metrics.instrument(app)  # its middleware counts every answer the app gives
+    # Outermost: the ingest routes answered before any other layer (counted alike).
+    app.add_middleware(FastIngest, state=app.state, settings=settings, metrics=metrics)
     return app
+
+
+def _partitions_to_group(
+    publisher: KafkaPublisher, topics: Topics, settings: Settings
+) -> int | None:
+    """The partition count to group requests by, if the broker's topics have the one the
+    settings say (grouping needs to know a session's partition); else None: no grouping."""
+    wanted = settings.topic_partitions
+    found = {topic: publisher.partition_count(topic) for topic in topics.ingest()}
+    if all(count == wanted for count in found.values()):
+        return wanted
+    logger.warning(
+        "requests are not grouped: partitions of the ingest topics %s, settings say %s "
+        "(CLICKSTREAM_TOPIC_PARTITIONS)",
+        found,
+        wanted,
+    )
+    return None
 
 
 def _document_request_bodies(

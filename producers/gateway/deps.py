@@ -12,6 +12,7 @@ from batches.store import BatchStore
 if TYPE_CHECKING:
     from clickstream.settings import Settings
     from producers.gateway.workers import WorkerClient
+    from producers.grouping import GroupingPublisher
     from producers.ingest import IngestMessages
     from producers.models import RequestModels
     from producers.publisher import KafkaPublisher
@@ -20,14 +21,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """What the routes use: settings, topic names, message builder, publisher, and the
-    readers of the stream's tables and of the MongoDB batches."""
+    """What the routes use: settings, topic names, message builder, publishers (one that
+    groups the requests of a partition), and the readers of the stream's tables and of the
+    MongoDB batches."""
 
     settings: Settings
     models: RequestModels
     topics: Topics
     messages: IngestMessages
     publisher: KafkaPublisher
+    grouping: GroupingPublisher
     workers: WorkerClient
     store: BatchStore | None
 

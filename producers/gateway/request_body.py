@@ -27,7 +27,12 @@ class MalformedJsonError(ClickstreamError, ValueError):
 
 async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
     """Validate the request body against ``model``; each error names its field path."""
-    body = await request.body()
+    return parse_json(await request.body(), model)
+
+
+def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
+    """Validate a body against ``model``: MalformedJsonError if it is not JSON, else a
+    RequestValidationError naming each error's field path."""
     try:
         return model.model_validate_json(body, strict=True)
     except ValidationError as exc:

@@ -50,16 +50,32 @@ class TopicReader:
         return sum(self.end_offsets(topic).values())
 
     def read_events(self, topic: str) -> list[tuple[Published, dict[str, Any]]]:
-        """Each event on an events topic, as a SessionEvent record, with its message."""
+        """Each event on an events topic, as a SessionEvent record, with its message (one
+        request's SessionEvents, or the requests a gateway grouped in a SessionEventsBatch)."""
         out = []
         for message in self.read(topic):
-            if message.name != "clickstream.SessionEvents":
+            if message.name == "clickstream.SessionEvents":
+                requests = [message.record]
+            elif message.name == "clickstream.SessionEventsBatch":
+                requests = message.record["requests"]
+            else:
                 continue
-            common = {
-                "session_id": message.record["session_id"],
-                "received_at_ms": message.record["received_at_ms"],
-            }
-            out.extend((message, {**common, **item}) for item in message.record["events"])
+            for request in requests:
+                common = {
+                    "session_id": request["session_id"],
+                    "received_at_ms": request["received_at_ms"],
+                }
+                out.extend((message, {**common, **item}) for item in request["events"])
+        return out
+
+    def read_registrations(self, topic: str) -> list[tuple[Published, dict[str, Any]]]:
+        """Each registration on a sessions topic, alone or grouped, with its message."""
+        out: list[tuple[Published, dict[str, Any]]] = []
+        for message in self.read(topic):
+            if message.name == "clickstream.SessionRegistered":
+                out.append((message, message.record))
+            elif message.name == "clickstream.SessionRegisteredBatch":
+                out.extend((message, request) for request in message.record["requests"])
         return out
 
     def read(self, topic: str, timeout: float = 20.0) -> list[Published]:

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 
 from producers.gateway.deps import GatewayDep
 from producers.gateway.refusals import REFUSALS
-from producers.gateway.request_body import body_schema, parse_body
+from producers.gateway.request_body import body_schema, parse_body, parse_json
 from producers.models import (
     EventsAccepted,
     EventsIn,
@@ -32,10 +32,11 @@ async def register_session(request: Request, gateway: GatewayDep) -> SessionAcce
 
     Registering a session id again keeps the first registration.
     """
-    session = await parse_body(request, gateway.models.SessionIn)
-    prepared = gateway.messages.session(session, time.time())
-    await gateway.publisher.publish([prepared.message])
-    return SessionAccepted(session_id=session.session_id, created_at=prepared.created_at)
+    body = await request.body()
+    session = parse_json(body, gateway.models.SessionIn)
+    record = gateway.messages.session_record(session, time.time())
+    await gateway.grouping.session(record, len(body))
+    return SessionAccepted(session_id=session.session_id, created_at=record["created_at"])
 
 
 @ingest_router.post("/session/events", responses=REFUSALS, openapi_extra=body_schema(EventsIn))
@@ -44,7 +45,7 @@ async def add_events(request: Request, gateway: GatewayDep) -> EventsAccepted:
     acknowledged every event. A retried request is safe: events are de-duplicated by id.
     """
     batch = await parse_body(request, gateway.models.EventsIn)
-    await gateway.publisher.publish(gateway.messages.events(batch, time.time()))
+    await gateway.grouping.events(gateway.messages.events_records(batch, time.time()))
     return EventsAccepted(session_id=batch.session_id, accepted=len(batch.events))
 
 
