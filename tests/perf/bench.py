@@ -83,6 +83,16 @@ E2E_EVENTS_PER_S = 2000
 LOADS: dict[str, int | None] = {"single": 1, "batch100": 100, "sessions": None}
 CONNECTIONS = (4, 32)
 CATCH_UP_TARGET_S = 5.0
+IDLE_SETTLE_SECONDS = 5.0
+IDLE_SECONDS = 20.0
+MILLION = 1_000_000
+# A fine-tuning job waiting for batches (the idle cost of BatchReader.follow).
+_FOLLOWER = (
+    "from consumers.batch_reader import BatchReader\n"
+    "with BatchReader(group_id='bench-idle') as reader:\n"
+    "    for _ in reader.follow():\n"
+    "        pass\n"
+)
 
 
 class BaselineServer(LocalHttpProcess):
@@ -116,6 +126,7 @@ class PipelineRun(LocalHttpProcess):
     ready_path = "/ready"
     stop_timeout = 120.0
     kill_after_stop_timeout = False
+    kafka_bootstrap = ""  # its broker, once started
 
     def command(self) -> list[str]:
         return [str(self.binary()), "-m", "deploy.cli", "run"]
@@ -410,6 +421,7 @@ class Bench:
             env["CLICKSTREAM_MONGODB_DATABASE"] = f"bench_{prefix}"
         started = time.monotonic()
         run = PipelineRun(directory, env=env).start(timeout=300)
+        run.kafka_bootstrap = bootstrap
         metrics = WorkerMetrics(f"http://{LOOPBACK}:{web_port}")
         try:
             logger.info("pipeline started cell=%s seconds=%.1f", cell, time.monotonic() - started)
@@ -430,14 +442,19 @@ class Bench:
         with self.pipeline(cell, load) as (run, metrics, prefix):
             sampler = LagSampler(metrics)
             sampler.start()
-            with CpuShares(run_roles(run.pid or 0)) as cpu:
-                result = self.generator.run(
-                    run.port, load, connections, self.seconds, prefix, self.pool
-                )
-            stopped = time.monotonic()
-            lags = sampler.stop()
-            catch_up = metrics.caught_up(stopped, self.catch_up_timeout)
+            roles = run_roles(run.pid or 0)
+            # The CPU a click costs: the load and the worker's catch-up after it.
+            with CpuShares(roles) as spent:
+                with CpuShares(roles) as cpu:
+                    result = self.generator.run(
+                        run.port, load, connections, self.seconds, prefix, self.pool
+                    )
+                stopped = time.monotonic()
+                lags = sampler.stop()
+                catch_up = metrics.caught_up(stopped, self.catch_up_timeout)
         result["cores"] = cpu.cores
+        result["cpu_seconds"] = spent.seconds
+        self._cpu_per_click(cell, load, result)
         result["worker_lag_max"] = max(lags, default=None)
         result["worker_lag_samples"] = lags
         result["catch_up_s"] = catch_up
@@ -482,6 +499,8 @@ class Bench:
             with MongoClient(self.mongodb_uri) as client:
                 client.drop_database(database)
         result["cores"] = cpu.cores
+        result["cpu_seconds"] = cpu.seconds
+        self._cpu_per_click(cell, load, result)
         self.details[cell] = result
         self.results[f"{cell}_events_per_s"] = round(result["events_per_s"])
         self.results[f"{cell}_p99_ms"] = round(result["p99_ms"], 1)
@@ -492,6 +511,36 @@ class Bench:
             result["p99_ms"],
             result["requests_failed"],
         )
+
+    def _cpu_per_click(self, cell: str, load: str, result: dict[str, Any]) -> None:
+        """The CPU of every process of the side over the clicks (sessions for ``sessions``)
+        it acknowledged."""
+        clicks = result["requests_ok"] * (LOADS[load] or 1)
+        spent = sum(result["cpu_seconds"].values())
+        self.results[f"{cell}_cpu_us_per_click"] = round(spent * 1e6 / max(clicks, 1), 1)
+
+    def idle(self) -> None:
+        """What ``clickstream run`` costs with nothing to do, and a BatchReader waiting for
+        batches beside it."""
+        with self.pipeline("idle", "sessions") as (run, _, _):
+            time.sleep(IDLE_SETTLE_SECONDS)
+            with CpuShares(run_roles(run.pid or 0)) as cpu:
+                time.sleep(IDLE_SECONDS)
+            self.results["idle_cores_make_run"] = round(sum(cpu.cores.values()), 3)
+            self.details["idle_make_run"] = {"cores": cpu.cores}
+            follower = subprocess.Popen(
+                [sys.executable, "-c", _FOLLOWER],
+                env={**inherited_env(), "CLICKSTREAM_KAFKA_BOOTSTRAP": run.kafka_bootstrap},
+                cwd=ROOT,
+            )
+            try:
+                time.sleep(IDLE_SETTLE_SECONDS)
+                with CpuShares({follower.pid: "batch_reader"}) as reader:
+                    time.sleep(IDLE_SECONDS)
+            finally:
+                follower.terminate()
+                follower.wait(30)
+            self.results["idle_cores_batch_reader"] = round(reader.cores["batch_reader"], 3)
 
     # -- the stream worker's scenarios, on a broker of their own -----------------------
 
@@ -664,6 +713,56 @@ class Bench:
         self.results["release_sessions_per_s"] = round(answer["session_count"] / released_in)
         self.details["release"] = {"seconds": released_in, **answer}
 
+    def million(self) -> None:
+        """A million live sessions, a click each, joined by one worker with RocksDB state:
+        its resident memory, and how long it takes to serve again after a restart."""
+        settings = self.fresh("million")
+        worker_dir = self.data_dir / f"worker-{settings.topic_prefix}"
+        worker_env = self.env(
+            settings,
+            CLICKSTREAM_WORKER_ID=f"bench-{uuid.uuid4().hex[:6]}",
+            CLICKSTREAM_WORKER_STORE="rocksdb",
+            CLICKSTREAM_DATA_DIR=str(worker_dir),
+        )
+        worker = LocalWorker(worker_dir, env=worker_env).start(timeout=120)
+        try:
+            metrics = WorkerMetrics(worker.address)
+            sessions = MILLION
+            publish = run_load(
+                {
+                    "scenario": "publish_grouped",
+                    "bootstrap": self.bootstrap,
+                    "topic_prefix": settings.topic_prefix,
+                    "sessions": sessions,
+                    "events_each": 1,
+                    "group": 500,
+                }
+            )
+            started = time.monotonic()
+            while (metrics.scrape() or {}).get("sessions", 0) < sessions:
+                if time.monotonic() - started > self.catch_up_timeout:
+                    raise TimeoutError("the worker did not join a million sessions in time")
+                time.sleep(1)
+            joined_in = time.monotonic() - started
+            rss = rss_mb(worker.pid or 0)
+            worker.stop()
+            restarted_at = time.monotonic()
+            worker = LocalWorker(worker_dir, env=worker_env).start(timeout=self.catch_up_timeout)
+            recovered_in = time.monotonic() - restarted_at
+            rss_restarted = rss_mb(worker.pid or 0)
+        finally:
+            worker.stop()
+        self.results["worker_rss_mb_per_1m_sessions_rocksdb"] = round(rss, 1)
+        self.results["worker_recovery_s_1m_sessions_rocksdb"] = round(recovered_in, 2)
+        self.details["million"] = {
+            "sessions": sessions,
+            "publish": publish,
+            "joined_seconds": joined_in,
+            "worker_rss_mb": rss,
+            "recovery_seconds": recovered_in,
+            "worker_rss_mb_restarted": rss_restarted,
+        }
+
     def retention(self, worker: LocalWorker) -> None:
         """The worker's memory once the released sessions left its tables. The same worker
         (its identity, its tables from their changelogs) started again with a retention of
@@ -685,6 +784,7 @@ class Bench:
 
     def _retire(self, restarted: LocalWorker, started: float, rss_released: float) -> None:
         recovered_in = time.monotonic() - started
+        self.results["worker_recovery_s_100k_sessions"] = round(recovered_in, 2)
         rss_recovered = rss_mb(restarted.pid or 0)
         metrics = WorkerMetrics(restarted.address)
         entries: float | None = None
@@ -712,7 +812,15 @@ def joined(metrics: WorkerMetrics) -> float:
     """Registrations and SessionEvents messages the worker has handled (ticks and markers
     left out)."""
     figures = metrics.scrape() or {}
-    return figures.get("kind:SessionRegistered", 0.0) + figures.get("kind:SessionEvents", 0.0)
+    return sum(
+        figures.get(f"kind:{kind}", 0.0)
+        for kind in (
+            "SessionRegistered",
+            "SessionEvents",
+            "SessionRegisteredBatch",
+            "SessionEventsBatch",
+        )
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -734,7 +842,8 @@ def machine() -> dict[str, Any]:
 
 
 def verdicts(r: dict[str, Any], lagging: list[str]) -> dict[str, bool]:
-    """The issue's targets. A rate counts only if the worker kept up."""
+    """The issues' targets (16 and 18), each a ratio within one run where it compares. A
+    rate counts only if the worker kept up."""
     met: dict[str, bool] = {}
     for load in LOADS:
         capacity = f"pipeline_{load}_c32_events_per_s"
@@ -746,11 +855,25 @@ def verdicts(r: dict[str, Any], lagging: list[str]) -> dict[str, bool]:
         for connections in CONNECTIONS:
             key = f"pipeline_{load}_c{connections}_catch_up_s"
             met[key] = r[key] <= CATCH_UP_TARGET_S
-    met["stream_events_per_s"] = r["stream_events_per_s"] >= 10_000
+            if load != "batch100":
+                cpu = f"pipeline_{load}_c{connections}_cpu_us_per_click"
+                share = 1 / 3 if connections == 32 else 1 / 2
+                met[cpu] = r[cpu] <= share * r[f"baseline_{load}_c{connections}_cpu_us_per_click"]
+    met["stream_events_per_s"] = r["stream_events_per_s"] >= 6_000
     met["release_sessions_per_s"] = (
-        r["release_sessions_per_s"] >= 5_000 and r["release_sessions"] >= 100_000
+        r["release_sessions_per_s"] >= 10_000 and r["release_sessions"] >= 100_000
     )
     met["e2e_p99_ms"] = r["e2e_p99_ms"] < 2_000
+    met["worker_recovery_s_100k_sessions"] = r["worker_recovery_s_100k_sessions"] <= 15
+    met["idle_cores_make_run"] = r["idle_cores_make_run"] <= 0.05
+    met["idle_cores_batch_reader"] = r["idle_cores_batch_reader"] <= 0.02
+    if "worker_rss_mb_per_1m_sessions_rocksdb" in r:
+        met["worker_rss_mb_per_1m_sessions_rocksdb"] = (
+            r["worker_rss_mb_per_1m_sessions_rocksdb"] <= 500
+        )
+        met["worker_recovery_s_1m_sessions_rocksdb"] = (
+            r["worker_recovery_s_1m_sessions_rocksdb"] <= 15
+        )
     return met
 
 
@@ -789,18 +912,24 @@ def table(document: dict[str, Any]) -> str:
                 f" | {ratio:.2f}x | {value(f'{p}_p99_ms', 1)} | {r[f'{b}_p99_ms']:,.1f}"
                 f" | {r[f'{p}_catch_up_s']:,.2f} | {target} |"
             )
-    rows += cpu_rows(document["details"])
+    rows += cpu_rows(document["details"], r, met)
     rows += ["", "| figure | value | target | met |", "|---|---:|---|---|"]
     for key, target in (
-        ("stream_events_per_s", ">= 10,000"),
-        ("release_sessions_per_s", ">= 5,000 on >= 100k sessions"),
+        ("stream_events_per_s", ">= 6,000 single-event messages/s, one worker"),
+        ("release_sessions_per_s", ">= 10,000 on >= 100k sessions"),
         ("release_sessions", "sessions of 5 events released"),
         ("e2e_p99_ms", "< 2,000"),
         ("e2e_offered_events_per_s", "offered load of e2e"),
         ("worker_rss_mb_per_100k_sessions", "resident memory, sessions joined"),
         ("worker_rss_mb_after_retention", "resident memory, once they were retired"),
+        ("worker_recovery_s_100k_sessions", "<= 15: restarted, serving again"),
+        ("worker_rss_mb_per_1m_sessions_rocksdb", "<= 500: a million live sessions"),
+        ("worker_recovery_s_1m_sessions_rocksdb", "<= 15: restarted with them"),
+        ("idle_cores_make_run", "<= 0.05: `clickstream run`, no load"),
+        ("idle_cores_batch_reader", "<= 0.02: a BatchReader waiting"),
     ):
-        rows.append(f"| `{key}` | {r[key]:,} | {target} | {_mark(met, key)} |")
+        if key in r:
+            rows.append(f"| `{key}` | {r[key]:,} | {target} | {_mark(met, key)} |")
     m, p = document["machine"], document["parameters"]
     rows.append("")
     rows.append(
@@ -812,13 +941,34 @@ def table(document: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def cpu_rows(details: dict[str, Any]) -> list[str]:
+def cpu_rows(details: dict[str, Any], results: dict[str, Any], met: dict[str, bool]) -> list[str]:
     """CPU per event (per session for ``sessions``) of each process, in microseconds: on
     one machine the cores are shared, so the rate is at most the cores over their sum."""
     if not all("cores" in details.get(f"pipeline_{load}_c32", {}) for load in LOADS):
         return []  # results from before the bench measured it
     roles = ("gateway", "worker", "broker", "baseline", "mongod")
     rows = [
+        "",
+        "CPU per click (per session for `sessions`) in µs, every process of the side, over the"
+        " load and the worker's catch-up after it (`<run>_<load>_c<c>_cpu_us_per_click`); the"
+        " targets: the pipeline's at most half the baseline's at 4 connections and a third at 32"
+        " (single clicks and registrations):",
+        "",
+        "| load | conns | pipeline | baseline | ratio | target met |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for load in LOADS:
+        for c in CONNECTIONS:
+            key = f"pipeline_{load}_c{c}_cpu_us_per_click"
+            if key not in results:
+                continue
+            base = results[f"baseline_{load}_c{c}_cpu_us_per_click"]
+            ratio = results[key] / max(base, 1e-9)
+            rows.append(
+                f"| {load} | {c} | {results[key]:,.0f} | {base:,.0f} | {ratio:.2f} |"
+                f" {_mark(met, key)} |"
+            )
+    rows += [
         "",
         "CPU per event (per session for `sessions`) in µs, by process, while the load ran"
         " (the cores divided by the rate; `mongod` under the pipeline is the release's, idle"
@@ -871,9 +1021,13 @@ def main() -> None:
                 mongodb_uri, mongod_pid = mongo.address, mongo.pid
             bench = Bench(seconds, external, mongodb_uri, data_dir)
             bench.mongod_pid = mongod_pid
+            bench.idle()
             bench.http_loads()
             with bench.broker("stream"):
                 bench.stream_scenarios(release_sessions)
+            if os.environ.get("BENCH_MILLION", "1") != "0":
+                with bench.broker("million"):
+                    bench.million()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     document = {

@@ -65,6 +65,7 @@ class CpuShares:
     def __init__(self, roles: dict[int, str]) -> None:
         self.roles = roles
         self.cores: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # CPU seconds of each role while open
 
     def __enter__(self) -> CpuShares:
         self._before = {pid: cpu_seconds(pid) for pid in self.roles}
@@ -73,7 +74,8 @@ class CpuShares:
 
     def __exit__(self, *exc: object) -> None:
         elapsed = time.monotonic() - self._started
-        cores: dict[str, float] = collections.defaultdict(float)
+        used: dict[str, float] = collections.defaultdict(float)
         for pid, name in self.roles.items():
-            cores[name] += (cpu_seconds(pid) - self._before[pid]) / elapsed
-        self.cores = {name: round(value, 3) for name, value in sorted(cores.items())}
+            used[name] += cpu_seconds(pid) - self._before[pid]
+        self.seconds = {name: round(value, 3) for name, value in sorted(used.items())}
+        self.cores = {name: round(value / elapsed, 3) for name, value in sorted(used.items())}
