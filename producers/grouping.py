@@ -137,15 +137,21 @@ class GroupingPublisher:
             return
         group.sent = True
         records = group.records
-        if len(records) == 1:
-            message = self._alone(kind, records[0])
-        else:
-            message = OutgoingMessage(
-                kind.topic,
-                None,
-                self._codec.encode(kind.batch, {"requests": records}),
-                partition=key[1],
-            )
+        try:
+            if len(records) == 1:
+                message = self._alone(kind, records[0])
+            else:
+                message = OutgoingMessage(
+                    kind.topic,
+                    None,
+                    self._codec.encode(kind.batch, {"requests": records}),
+                    partition=key[1],
+                )
+        except Exception as exc:  # noqa: BLE001 - every waiter of the group hears of it
+            logger.exception("a group of requests could not be encoded topic=%s", kind.topic)
+            group.future.set_exception(PublishUnavailableError(f"not encoded: {exc}"))
+            group.future.exception()  # retrieved: no warning when nobody waits any more
+            return
         task = asyncio.get_running_loop().create_task(self._publish(message, group))
         _PENDING.add(task)
         task.add_done_callback(_PENDING.discard)

@@ -15,7 +15,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import load_schema, parse_schema
@@ -73,6 +73,11 @@ class AvroCodec:
             if not path.exists():
                 raise SchemaSetupError(f"schema {name} (id {schema_id}) has no file {path}")
             parsed = load_schema(str(path), named_schemas=named)
+            # fastavro leaves a record that names a type of another file half-registered
+            # (no fields) while it loads that file: register the whole record, so a later
+            # schema can hold it (SessionRegisteredBatch holds SessionRegistered).
+            whole = cast("dict[str, Any]", parsed)
+            named[name] = {key: value for key, value in whole.items() if not key.startswith("__")}
             self._by_name[name] = (schema_id, parsed)
             self._by_id[schema_id] = (name, parsed, None)
         if schema_ids is None:

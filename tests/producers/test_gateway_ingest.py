@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import TYPE_CHECKING
 
-from producers.ingest import MAX_EVENTS_MESSAGE_BYTES
-from schemas import from_json_text
+from producers.grouping import GroupingPublisher, partition_of
+from producers.ingest import MAX_EVENTS_MESSAGE_BYTES, IngestMessages
+from producers.models import EventsIn, SessionIn
+from producers.publisher import KafkaPublisher
+from schemas import AvroCodec, from_json_text
 from tests.utils.payloads import event_body, events_body, new_id, session_body
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
+    from clickstream.settings import Settings
     from schemas import Topics
     from tests.utils.kafka import TopicReader
 
@@ -204,3 +209,44 @@ def test_a_request_of_large_events_is_split_into_messages_in_order(
     assert len({m.partition for m in messages}) == 1
     sent = [e["event_id"] for e in body["events"]]
     assert [event["event_id"] for _, event in published.read_events(topics.events)] == sent
+
+
+def test_concurrent_requests_of_a_partition_go_as_one_message_each_in_its_partition(
+    settings: Settings, topics: Topics, published: TopicReader
+) -> None:
+    """Requests accepted together are grouped by partition (one SessionRegisteredBatch or
+    SessionEventsBatch each), every record in the partition its session id gives, none
+    lost or doubled; a request alone stays a keyed message of its own."""
+    codec = AvroCodec()
+    messages = IngestMessages(codec, topics)
+    sessions = [SessionIn.model_validate(session_body()) for _ in range(40)]
+    clicks = [
+        EventsIn.model_validate({"session_id": s.session_id, "events": [event_body()]})
+        for s in sessions
+    ]
+
+    async def publish_together() -> None:
+        publisher = KafkaPublisher(settings.kafka_producer_config(), 10)
+        grouping = GroupingPublisher(publisher, codec, topics, settings.topic_partitions)
+        try:
+            await asyncio.gather(
+                *(grouping.session(messages.session_record(s), 500) for s in sessions),
+                *(grouping.events(messages.events_records(c)) for c in clicks),
+            )
+            await grouping.session(messages.session_record(sessions[0]), 500)  # alone
+        finally:
+            publisher.close()
+
+    asyncio.run(publish_together())
+
+    registrations = published.read_registrations(topics.sessions)
+    events = published.read_events(topics.events)
+    kinds = {message.name for message, _ in registrations + events}
+    assert {"clickstream.SessionRegisteredBatch", "clickstream.SessionEventsBatch"} <= kinds
+    assert sorted(r["session_id"] for _, r in registrations) == sorted(
+        [s.session_id for s in sessions] + [sessions[0].session_id]
+    )
+    assert sorted(e["event_id"] for _, e in events) == sorted(c.events[0].event_id for c in clicks)
+    for message, record in registrations + events:
+        assert message.partition == partition_of(record["session_id"], settings.topic_partitions)
+    assert any(m.name == "clickstream.SessionRegistered" for m, _ in registrations)
