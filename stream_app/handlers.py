@@ -91,10 +91,6 @@ class Handlers:
             (names.events, SchemaName.RELEASE_MARKER): self._events_marker,
         }
 
-    def due_ms(self, entry: join.SessionEntry) -> int | None:
-        """When a tick must look at ``entry`` (see ``join.due_ms``)."""
-        return join.due_ms(entry, self.orphan_wait_ms, self.retention_ms)
-
     def handle(self, state: PartitionState, message: Message, out: list[Outgoing]) -> str:
         """Handle one message; the kind it was (its schema's short name)."""
         topic, value = message.topic() or "", message.value() or b""
@@ -285,7 +281,8 @@ class Handlers:
         state is past all of them, and commits with it."""
         now_ms = cast("PartitionTick", record)["sent_at_ms"]
         expired = retired = revived = 0
-        for entry in state.due_entries(now_ms, self.due_ms):
+        up_to = {join.WAITING: now_ms - self.orphan_wait_ms, join.QUIET: now_ms - self.retention_ms}
+        for entry in state.watched_entries(up_to):
             if join.is_waiting_too_long(entry, now_ms, self.orphan_wait_ms):
                 if self._revive(state, entry):
                     revived += 1

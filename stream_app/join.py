@@ -282,15 +282,21 @@ def is_fully_released(entry: SessionEntry) -> bool:
     return released is not None and released["event_count"] == entry["event_count"]
 
 
-def due_ms(entry: SessionEntry, orphan_wait_ms: int, retention_ms: int) -> int | None:
-    """When a tick must look at the session next: its events' wait for a registration
-    runs out, or, released with everything it has, it has been quiet for the retention
-    time. None: no tick needs it."""
+WAITING = "w"
+QUIET = "q"
+
+
+def watched(entry: SessionEntry) -> tuple[str, int] | None:
+    """What a tick may one day do to the session, and since when: ``(WAITING, since)`` for
+    events waiting for their registration (expired after the orphan wait), ``(QUIET,
+    since)`` for a session released with everything it has (retired after the retention
+    time); None when no tick needs it. Independent of the settings, so an index of it stays
+    true when they change."""
     if entry["registered_offset"] is None:
         since = entry["waiting_since_ms"]
-        return None if since is None else since + orphan_wait_ms
+        return None if since is None else (WAITING, since)
     if is_fully_released(entry):
-        return entry["last_active_ms"] + retention_ms
+        return QUIET, entry["last_active_ms"]
     return None
 
 

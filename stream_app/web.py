@@ -127,7 +127,7 @@ class WorkerWeb:
         config = uvicorn.Config(
             app,
             host=settings.worker_web_host,
-            port=settings.worker_web_port,
+            port=settings.worker_port,
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -142,7 +142,7 @@ class WorkerWeb:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise OSError(
                     f"the worker's web server did not start on {self._settings.worker_web_host}:"
-                    f"{self._settings.worker_web_port} (CLICKSTREAM_WORKER_WEB_PORT)"
+                    f"{self._settings.worker_port} (CLICKSTREAM_WORKER_WEB_PORT)"
                 )
             time.sleep(0.02)
 

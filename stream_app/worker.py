@@ -107,7 +107,7 @@ class StreamWorker:
         self._handlers = Handlers(
             settings, names, codec, ControlAuth.from_settings(settings), parts, store
         )
-        web_url = f"http://{settings.worker_web_host}:{settings.worker_web_port}"
+        web_url = f"http://{settings.worker_web_host}:{settings.worker_port}"
         self._web = WorkerWeb(
             settings,
             self._read_session,
@@ -187,10 +187,9 @@ class StreamWorker:
     # -- partitions ---------------------------------------------------------------------
 
     def _backend(self, partition: int) -> Backend:
-        due = self._handlers.due_ms
         if self._local is None:
-            return MemoryPartition(partition, due)
-        return self._local.partition(partition, due, changelog.DELETE_RETENTION_MS // 2)
+            return MemoryPartition(partition)
+        return self._local.partition(partition, changelog.DELETE_RETENTION_MS // 2)
 
     def _assigned(self, partitions: list[int]) -> dict[int, StartAt]:
         """Set up each partition: fence its previous owner, restore its state; where to

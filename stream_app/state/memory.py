@@ -9,20 +9,19 @@ from stream_app import join
 from stream_app.state.keys import Kind, session_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
-    from stream_app.state.partition import Change, Indexes
+    from stream_app.state.partition import Change
 
 
 class MemoryPartition:
-    """Decoded values by key, and the dirty and due indexes as a set and a dict."""
+    """Decoded values by key, and the dirty and watched indexes as a set and a dict."""
 
-    def __init__(self, partition: int, due: Indexes) -> None:
+    def __init__(self, partition: int) -> None:
         self.partition = partition
-        self._due_of = due
         self._values: dict[bytes, Any] = {}
         self._dirty: set[str] = set()
-        self._due: dict[str, int] = {}
+        self._watched: dict[str, tuple[str, int]] = {}
         self._entries = 0
         self._position = 0
 
@@ -32,8 +31,10 @@ class MemoryPartition:
     def dirty_sessions(self) -> Iterator[str]:
         return iter(list(self._dirty))
 
-    def due_sessions(self, now_ms: int) -> Iterator[str]:
-        return iter([sid for sid, when in self._due.items() if when <= now_ms])
+    def watched_sessions(self, up_to: Mapping[str, int]) -> Iterator[str]:
+        return iter(
+            [sid for sid, (kind, since) in self._watched.items() if since <= up_to.get(kind, -1)]
+        )
 
     def session_ids(self) -> Iterator[str]:
         return iter([session_of(k) for k in self._values if k[:1] == Kind.ENTRY.prefix])
@@ -67,16 +68,16 @@ class MemoryPartition:
             self._dirty.discard(session_id)
         else:
             self._dirty.add(session_id)
-        when = None if entry is None else self._due_of(entry)
-        if when is None:
-            self._due.pop(session_id, None)
+        watch = None if entry is None else join.watched(entry)
+        if watch is None:
+            self._watched.pop(session_id, None)
         else:
-            self._due[session_id] = when
+            self._watched[session_id] = watch
 
     def drop(self) -> None:
         self._values.clear()
         self._dirty.clear()
-        self._due.clear()
+        self._watched.clear()
         self._entries = 0
         self._position = 0
 

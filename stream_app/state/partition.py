@@ -6,9 +6,9 @@ The committed state keeps two indexes of its sessions, so neither a release nor 
 reads every session of the partition:
 
 - *dirty*: sessions a release must look at (not released with every event they have);
-- *due*: sessions a tick must look at, by the time they become due (their events' wait
-  for a registration runs out, or, fully released, they have been quiet for the retention
-  time).
+- *watched*: sessions a tick may act on, by kind and since when (events waiting for a
+  registration since, a fully released session quiet since: ``join.watched``), so a tick
+  reads only the sessions whose wait or retention time has run out.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from stream_app.state.keys import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from schemas.records import (
         EventPiece,
@@ -55,12 +55,6 @@ class Change:
     old: Any
 
 
-class Indexes(Protocol):
-    """When a session is due for a tick: ``join.due_ms`` with the worker's settings."""
-
-    def __call__(self, entry: SessionEntry) -> int | None: ...
-
-
 class Backend(Protocol):
     """One partition's committed state: in memory, or a partition of the local RocksDB."""
 
@@ -72,8 +66,8 @@ class Backend(Protocol):
     def dirty_sessions(self) -> Iterator[str]:
         """Sessions a release must look at."""
 
-    def due_sessions(self, now_ms: int) -> Iterator[str]:
-        """Sessions due for a tick at ``now_ms``."""
+    def watched_sessions(self, up_to: Mapping[str, int]) -> Iterator[str]:
+        """Sessions watched since at most ``up_to[kind]``, for each kind of ``join.watched``."""
 
     def session_ids(self) -> Iterator[str]:
         """Every session of the partition."""
@@ -167,14 +161,15 @@ class PartitionState:
         )
         return list(self._entries(ids))
 
-    def due_entries(self, now_ms: int, due: Indexes) -> list[SessionEntry]:
-        """Every session due for a tick at ``now_ms``, staged changes included."""
+    def watched_entries(self, up_to: Mapping[str, int]) -> list[SessionEntry]:
+        """Every session watched since at most ``up_to[kind]`` (see ``join.watched``),
+        staged changes included."""
         staged = self._staged_sessions()
-        ids = {sid for sid in self.backend.due_sessions(now_ms) if sid not in staged}
+        ids = {sid for sid in self.backend.watched_sessions(up_to) if sid not in staged}
         for sid in staged:
             entry = self.entry(sid)
-            when = due(entry) if entry is not None else None
-            if when is not None and when <= now_ms:
+            watch = join.watched(entry) if entry is not None else None
+            if watch is not None and watch[1] <= up_to.get(watch[0], -1):
                 ids.add(sid)
         return list(self._entries(ids))
 

@@ -12,7 +12,8 @@ Local keys of a partition ``P`` (2 bytes, big-endian):
 
 - ``P v <state key>``: the encoded value (as on the changelog);
 - ``P d <session id>``: the session is dirty (a release must look at it);
-- ``P t <due ms, 8 bytes> <session id>``: when the session is due for a tick;
+- ``P t <kind> <since ms, 8 bytes> <session id>``: what a tick may do to the session and
+  since when (``join.watched``);
 - ``P #n``: how many sessions; ``P #p``: changelog position and when it was written.
 
 A partition's state older than ``max_age_ms`` is dropped when the partition is opened: the
@@ -41,11 +42,11 @@ from stream_app import join
 from stream_app.state.keys import Kind, session_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from pathlib import Path
 
     from schemas import AvroCodec
-    from stream_app.state.partition import Change, Indexes
+    from stream_app.state.partition import Change
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,9 @@ class LocalStore:
         write.disable_wal = True  # type: ignore[method-assign,assignment]
         self.db.set_write_options(write)
 
-    def partition(self, partition: int, due: Indexes, max_age_ms: int) -> RocksPartition:
+    def partition(self, partition: int, max_age_ms: int) -> RocksPartition:
         """The state of ``partition`` as this disk has it (dropped if too old)."""
-        found = RocksPartition(self.db, self._codec, partition, due)
+        found = RocksPartition(self.db, self._codec, partition)
         written_at = found.written_at_ms
         if written_at is not None and time.time() * 1000 - written_at > max_age_ms:
             logger.warning(
@@ -126,11 +127,10 @@ class LocalStore:
 class RocksPartition:
     """One partition of the local RocksDB."""
 
-    def __init__(self, db: Rdict, codec: AvroCodec, partition: int, due: Indexes) -> None:
+    def __init__(self, db: Rdict, codec: AvroCodec, partition: int) -> None:
         self.partition = partition
         self._db = db
         self._codec = codec
-        self._due_of = due
         self._prefix = partition.to_bytes(2, "big")
         self._values = self._prefix + _VALUE
 
@@ -153,10 +153,14 @@ class RocksPartition:
         start = self._prefix + _DIRTY
         return iter([key[3:].decode() for key in self._scan(start, _after(start))])
 
-    def due_sessions(self, now_ms: int) -> Iterator[str]:
-        start = self._prefix + _DUE
-        end = start + _due_bytes(now_ms + 1)
-        return iter([key[11:].decode() for key in self._scan(start, end)])
+    def watched_sessions(self, up_to: Mapping[str, int]) -> Iterator[str]:
+        found: list[str] = []
+        for kind, since in up_to.items():
+            start = self._prefix + _DUE + kind.encode()
+            if since >= 0:
+                end = start + _time_bytes(since + 1)
+                found.extend(key[12:].decode() for key in self._scan(start, end))
+        return iter(found)
 
     def session_ids(self) -> Iterator[str]:
         start = self._values + Kind.ENTRY.prefix
@@ -204,13 +208,16 @@ class RocksPartition:
             batch.delete(dirty)
         else:
             batch.put(dirty, b"")
-        was = None if old is None else self._due_of(old)
-        now = None if new is None else self._due_of(new)
+        was = None if old is None else join.watched(old)
+        now = None if new is None else join.watched(new)
         if was != now:
             if was is not None:
-                batch.delete(self._prefix + _DUE + _due_bytes(was) + session)
+                batch.delete(self._watch_key(was) + session)
             if now is not None:
-                batch.put(self._prefix + _DUE + _due_bytes(now) + session, b"")
+                batch.put(self._watch_key(now) + session, b"")
+
+    def _watch_key(self, watch: tuple[str, int]) -> bytes:
+        return self._prefix + _DUE + watch[0].encode() + _time_bytes(watch[1])
 
     def drop(self) -> None:
         """Forget everything of this partition here."""
@@ -220,7 +227,7 @@ class RocksPartition:
         """Nothing to release: the RocksDB is the worker's, the partition a prefix of it."""
 
 
-def _due_bytes(when_ms: int) -> bytes:
+def _time_bytes(when_ms: int) -> bytes:
     return max(when_ms, 0).to_bytes(8, "big")
 
 

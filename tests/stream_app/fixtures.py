@@ -26,15 +26,23 @@ def worker_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., Worker]]:
     """Builds workers (not started), each new unless restarting a stopped or killed one
-    (same id and port); every one is stopped at the end of the test."""
+    (same id, port and data dir, so its local state too, unless ``new_disk``); every one is
+    stopped at the end of the test."""
     workers: list[Worker] = []
 
-    def build(settings: Settings, restarting: Worker | None = None) -> Worker:
+    def build(
+        settings: Settings, restarting: Worker | None = None, *, new_disk: bool = False
+    ) -> Worker:
         if restarting is None:
             worker_id, port = f"worker-{len(workers)}-{uuid.uuid4().hex[:6]}", None
         else:
             worker_id, port = restarting.worker_id, restarting.port
-        worker = Worker(settings, tmp_path_factory.mktemp("worker"), worker_id, port)
+        data_dir = (
+            restarting.data_dir
+            if restarting is not None and not new_disk
+            else tmp_path_factory.mktemp("worker")
+        )
+        worker = Worker(settings, data_dir, worker_id, port)
         workers.append(worker)
         return worker
 

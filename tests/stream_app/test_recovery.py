@@ -131,6 +131,43 @@ def test_tables_recover_after_a_restart_and_a_crash(
     assert (answer["session_count"], answer["event_count"]) == (20, 41)
 
 
+def test_a_worker_on_an_empty_disk_rebuilds_its_state_from_the_changelog(
+    stream_settings: Settings, worker_factory: Callable[..., Worker]
+) -> None:
+    """A new pod, or a lost volume: the same worker id on an empty data dir restores its
+    partitions from the changelog alone, and nothing acknowledged is missing or doubled."""
+    sessions = [session_body() for _ in range(40)]
+    clicks = {s["session_id"]: [event_body(), event_body()] for s in sessions}
+    worker = worker_factory(stream_settings).start()
+    with gateway_client(stream_settings, [worker]) as gateway:
+        pipeline = Pipeline(stream_settings, gateway, [worker])
+        for session in sessions[:20]:
+            pipeline.register(session)
+            pipeline.add_events(session["session_id"], clicks[session["session_id"]])
+        released = pipeline.release(new_id()).json()
+        for session in sessions[20:]:
+            pipeline.register(session)
+            pipeline.add_events(session["session_id"], clicks[session["session_id"]])
+        pipeline.wait_session(sessions[-1]["session_id"], events=2)
+    worker.kill()
+
+    moved = worker_factory(stream_settings, restarting=worker, new_disk=True).start()
+    assert moved.data_dir != worker.data_dir
+    with gateway_client(stream_settings, [moved]) as gateway:
+        pipeline = Pipeline(stream_settings, gateway, [moved])
+        for session in sessions:
+            shown = pipeline.session(session["session_id"]).json()
+            assert [e["event_id"] for e in shown["events"]] == [
+                c["event_id"] for c in clicks[session["session_id"]]
+            ]
+        answer = pipeline.release(new_id()).json()
+        again = pipeline.batch_sessions(answer["batch_id"])
+    assert released["session_count"] == 20
+    assert (answer["session_count"], answer["event_count"]) == (20, 40), "only the unreleased"
+    assert {s["session_id"] for s in again} == {s["session_id"] for s in sessions[20:]}
+    assert "partition restored" in moved.log()
+
+
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_stops(
     stream_settings: Settings, worker_factory: Callable[..., Worker]
 ) -> None:

@@ -40,7 +40,7 @@ class Partition:
 
     def __init__(self, partition: int = 0) -> None:
         self.partition = partition
-        self.state = PartitionState(MemoryPartition(partition, HANDLERS.due_ms))
+        self.state = PartitionState(MemoryPartition(partition))
         self._position = 0
 
     def _handle(self, topic: str, offset: int, schema: str, record: dict[str, Any]) -> None:
@@ -373,11 +373,10 @@ def test_a_session_released_and_quiet_is_retired_and_comes_back_from_its_copy() 
     partition.complete(cut, selection)
     assert not join.is_retired(partition.entry("s"), 5_000, 5_000), "not quiet long enough"
     assert join.is_retired(partition.entry("s"), 6_000, 5_000)
-    when = HANDLERS.due_ms(partition.entry("s"))
-    assert when is not None
-    assert partition.state.due_entries(when - 1, HANDLERS.due_ms) == []
-    due = partition.state.due_entries(when, HANDLERS.due_ms)
-    assert [e["session_id"] for e in due] == ["s"], "a tick finds it by its due time"
+    assert join.watched(partition.entry("s")) == (join.QUIET, 1_000)
+    assert partition.state.watched_entries({join.QUIET: 999}) == []
+    quiet = partition.state.watched_entries({join.QUIET: 1_000, join.WAITING: 10**12})
+    assert [e["session_id"] for e in quiet] == ["s"], "a tick finds it by its quiet time"
 
     [copy] = partition.documents(cut, selection)
     # Retired: the state forgets it. Events for it then wait for a registration, like any
