@@ -11,131 +11,171 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_WORKER_PORT = 6066
+
 
 class Settings(BaseSettings):
     """Every knob of the pipeline. Each field is fed by ``CLICKSTREAM_<FIELD NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CLICKSTREAM_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CLICKSTREAM_",
+        frozen=True,
+        extra="ignore",
+        # The docstring under each field is its description: the README's table of settings
+        # is made from them (python -m clickstream.settings_table).
+        use_attribute_docstrings=True,
+    )
 
-    # HTTP gateway
+    # -- the HTTP gateway
+
     http_host: str = "127.0.0.1"
+    """Where the API listens."""
     http_port: int = Field(default=5000, ge=0, le=65535)
-    # Processes serving the API, sharing the port.
+    """The API's port."""
     http_workers: int = Field(default=1, ge=1)
+    """Gateway processes sharing the port (more than one: no drain delay, see Deploy)."""
     http_access_log: bool = False
-    # On SIGTERM the gateway answers /ready 503 and keeps serving this long, so that load
-    # balancers stop sending before it stops listening. With the in-flight wait it shares
-    # 5 s (at most 4 here keeps the whole stop within 10 s). 0: no delay.
+    """uvicorn's line per request."""
     drain_seconds: float = Field(default=2.0, ge=0, le=30)
+    """On SIGTERM the gateway's ``/ready`` answers 503 and it keeps serving this long, so load
+    balancers stop sending before it stops listening (at most 4 keeps the stop within 10 s;
+    0: no delay)."""
 
-    # Where the local servers keep data, pids and logs, so a restart keeps what was accepted.
+    # -- one machine
+
     data_dir: Path = Path(".clickstream")
-    # `clickstream run` starts its worker this much nicer than the gateway: on one machine
-    # the answers a client waits for go first and the worker catches up behind them (the
-    # bench's p99 with 100-event requests at 4 connections: 210 ms at 0, 70 ms at 10).
+    """The local servers' data, pids and logs, and the workers' RocksDB state."""
     local_worker_nice: int = Field(default=10, ge=0, le=19)
+    """``clickstream run`` starts its worker this much nicer than the gateway: on one machine
+    the answers a client waits for go first and the worker catches up behind (0: same
+    priority)."""
 
-    # External servers. When set, they are used and no local server is started.
+    # -- Kafka and MongoDB
+
     kafka_bootstrap: str | None = None
+    """An external Kafka (``host:port,...``): no local broker is started."""
     mongodb_uri: SecretStr | None = None
-    # Ports of the local servers; a free port is chosen at start when unset.
+    """An external MongoDB: no local ``mongod`` is started."""
     kafka_port: int | None = Field(default=None, ge=1, le=65535)
+    """The local broker's port; a free one when unset."""
     mongodb_port: int | None = Field(default=None, ge=1, le=65535)
+    """The local ``mongod``'s port; a free one when unset."""
     mongodb_database: str = "clickstream"
-    # How long a MongoDB operation waits for a usable server before it fails.
+    """The database of the batches."""
     mongodb_server_selection_timeout_seconds: float = Field(default=10.0, gt=0)
-
-    # Topics
+    """A MongoDB operation fails once no usable server was found in this time."""
     topic_prefix: str = "clickstream."
+    """The prefix of every topic and consumer group of the deployment."""
     topic_partitions: int = Field(default=6, ge=1)
+    """Partitions of the sessions, events and dead-letter topics (and of the workers'
+    changelog): how many workers can share the load."""
     topic_replication_factor: int = Field(default=1, ge=1)
-
-    # Input limits: requests beyond them are refused with a 4xx and publish nothing.
-    max_id_length: int = Field(default=128, ge=1)
-    max_events_per_request: int = Field(default=1000, ge=1)
-    # A request must fit in one Kafka message (1 MB by default), and so in one table value.
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    created_at_max_age_seconds: int = Field(default=12 * 3600, ge=0)
-    created_at_max_ahead_seconds: int = Field(default=5 * 60, ge=0)
-
-    # Durability: how long a request waits for Kafka's acknowledgement before a 503.
+    """Copies of every topic the pipeline creates (3 in production); ``min.insync.replicas``
+    is one less (at least 1)."""
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long a request waits for Kafka's acknowledgement before it is answered 503."""
     retry_after_seconds: int = Field(default=2, ge=1)
+    """The ``Retry-After`` of a 503."""
     kafka_linger_ms: float = Field(default=1.0, ge=0)
-    # Extra librdkafka settings for production (security, tuning), as a JSON object.
-    # Values are secret: they hold SASL passwords and key passwords.
+    """How long the gateway's producer gathers messages into one request to the broker."""
     kafka_extra_config: dict[str, SecretStr] = Field(default_factory=dict)
+    """More librdkafka settings for every Kafka client, as a JSON object (security, tuning);
+    secret: it holds SASL and key passwords."""
 
-    # Stream worker
-    # Where a worker keeps its partitions' state: on disk (RocksDB, under the data dir:
-    # memory bounded by the cache settings below, a restart reads only the changelog's
-    # tail) or in memory (rebuilt from the changelog at every start).
+    # -- input limits: beyond them a request is refused with a 4xx and publishes nothing
+
+    max_id_length: int = Field(default=128, ge=1)
+    """The longest session, event, object, user or release id (characters)."""
+    max_events_per_request: int = Field(default=1000, ge=1)
+    """The most events in one request."""
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    """The largest request body: a request fits in one Kafka message."""
+    created_at_max_age_seconds: int = Field(default=12 * 3600, ge=0)
+    """A ``created_at`` older than this is refused."""
+    created_at_max_ahead_seconds: int = Field(default=5 * 60, ge=0)
+    """A ``created_at`` further ahead of the server's clock than this is refused."""
+
+    # -- the stream worker
+
     worker_store: Literal["memory", "rocksdb"] = "rocksdb"
-    # RocksDB's memory: one block cache and two write buffers of this size, shared by all
-    # the partitions of a worker.
+    """Where a worker keeps its partitions' state: on disk (RocksDB under the data dir, its
+    memory bounded by the cache settings, a restart reading only the changelog's tail) or in
+    memory (rebuilt from the whole changelog at every start)."""
     worker_rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """RocksDB's block cache, shared by all the partitions of a worker."""
     worker_rocksdb_write_buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    """Each of RocksDB's two write buffers (memtables), shared by all the partitions."""
     worker_rocksdb_max_open_files: int = Field(default=256, ge=16)
-    # At most this many messages are handled (and committed) together.
+    """Files RocksDB keeps open."""
     worker_batch_max_messages: int = Field(default=5000, ge=1)
-    # Loopback by default: only the gateway needs the worker's web server.
+    """At most this many messages are handled, and committed, together."""
     worker_web_host: str = "127.0.0.1"
-    worker_web_port: int = Field(default=6066, ge=1, le=65535)
-    # The worker's static identity in its consumer groups: a worker restarted with the
-    # same id takes its partitions back at once. Unique per running worker; default
-    # <hostname>-<web port>.
+    """Where a worker serves sessions, readiness and metrics, and the address it gives the
+    others to reach it (loopback: only the gateway needs it)."""
+    worker_web_port: int | None = Field(default=None, ge=1, le=65535)
+    """The worker's web port: 6066 for ``clickstream worker`` when unset, a free one for
+    the worker ``clickstream run`` starts."""
     worker_id: str | None = None
-    # Where the gateway reads sessions from: any worker routes to the partition's owner.
+    """The worker's static identity in its consumer group: restarted with the same id, it
+    takes its partitions back at once (unique per running worker; default
+    ``<hostname>-<web port>``)."""
     worker_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:6066"]
     )
+    """Workers the gateway reads sessions from, comma-separated: any one asks the owner."""
     worker_request_timeout_seconds: float = Field(default=5.0, gt=0)
-    # The gateway's /ready also asks the workers' /ready/ (one must answer 200): on for
-    # `clickstream run`, where the gateway is useless without its one worker.
+    """The gateway's wait for a worker's answer (session reads, readiness)."""
     ready_requires_worker: bool = False
-    # A worker that dies keeps its partitions this long, until the group notices. Some
-    # brokers (the local one) wait for the rebalance timeout instead: keep it short too.
+    """The gateway's ``/ready`` also needs a worker's ``/ready/`` (``clickstream run`` sets
+    it: there the gateway is of no use without its worker)."""
     worker_session_timeout_seconds: float = Field(default=10.0, ge=6)
+    """A worker that stopped answering loses its partitions after this (Apache Kafka)."""
     worker_rebalance_timeout_seconds: float = Field(default=20.0, ge=6)
-    # An idle worker pauses its partitions and looks at their end offsets this often, for
-    # brokers that answer an empty fetch at once instead of holding it (the local one): a
-    # consumer would fetch without pause. 0: never pause (Apache Kafka holds the fetch).
+    """How long a rebalance waits for the workers to join again."""
     worker_idle_poll_seconds: float = Field(default=0.05, ge=0)
-    # Events of a session never registered go to the dead-letter topic after this wait.
+    """An idle worker pauses its partitions and looks at their end offsets this often, for
+    brokers that answer an empty fetch at once (the local one); 0: never pause (Apache
+    Kafka holds an empty fetch itself)."""
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
-    # How often the release coordinator ticks every partition (expiry needs no traffic).
+    """Events of a session never registered wait this long, then go to the dead-letter
+    topic; those of a retired session then join its released copy."""
     tick_interval_seconds: float = Field(default=30.0, gt=0)
-    # Completed releases each partition remembers (to report its part again if asked).
+    """How often the release coordinator ticks every partition (orphan expiry, retention)."""
     release_history: int = Field(default=20, ge=2)
-    # A session released with everything it has leaves the worker's tables once quiet this
-    # long (its released copy stays in MongoDB; later events bring it back).
+    """Completed releases each partition remembers, to report its part again if asked."""
     session_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
-    # How long the worker retries a message it fails to handle (MongoDB or Kafka away)
-    # before it stops, unacknowledged, to handle it again after a restart.
+    """A session released with everything it has leaves the worker's state once quiet this
+    long (its copy stays in MongoDB; later events bring it back)."""
     worker_retry_seconds: float = Field(default=120.0, gt=0)
-    # The segment size of the tables' changelog topics (compacted). Compaction only cleans
-    # closed segments, so this bounds what a restarted worker reads beyond the live state
-    # (Kafka's default of 1 GiB would have it read every change ever made).
+    """How long a partition whose handling fails for a server's reason (MongoDB or Kafka
+    away) is retried before the worker stops (exit code 3) to start again from its state."""
     changelog_segment_bytes: int = Field(default=4 * 1024 * 1024, ge=1024 * 1024)
+    """Segment size of the workers' compacted changelog: bounds what a restore reads beyond
+    the live state (set when the topic is created)."""
 
-    # Security (see the README's Security section). Comma-separated lists, so a new value
-    # can be added before the old one is removed.
-    # Bearer tokens of the internal endpoints; none configured refuses every call.
+    # -- security (comma-separated lists: a new value is added before the old one goes)
+
     internal_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Keys of the ingest endpoints (X-Clickstream-Key); none configured leaves them open.
+    """Bearer tokens of the internal endpoints; none refuses every call (``clickstream run``
+    makes its own)."""
     ingest_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Signs the pipeline's control messages: the first one signs, every one verifies.
+    """``X-Clickstream-Key`` values the ingest endpoints require; none leaves them open."""
     control_secret: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # A release marker this far ahead of the worker's clock is refused.
+    """Signs the pipeline's control messages (the first signs, each one verifies); a worker
+    without one does not start (``clickstream run`` makes its own)."""
     control_max_clock_skew_seconds: float = Field(default=3600.0, gt=0)
-    # Browser origins allowed to call the public endpoints (CORS); none by default.
+    """A release marker further ahead of the worker's clock is refused."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Browser origins allowed to call the public endpoints; none by default."""
 
-    # Releases
+    # -- releases
+
     release_wait_seconds: float = Field(default=30.0, gt=0)
-    # A batch still releasing this long after its markers were sent gets them again, on
-    # the partitions that have not reported their part.
+    """How long a release request waits for its batch before answering 202 (and
+    ``clickstream release --via kafka`` for its answer)."""
     release_heal_seconds: float = Field(default=60.0, gt=0)
+    """A batch still releasing this long after its markers were sent gets them again, on
+    the partitions that have not reported their part."""
 
     @field_validator(
         "worker_urls",
@@ -205,8 +245,13 @@ class Settings(BaseSettings):
         return env
 
     @property
+    def worker_port(self) -> int:
+        """The worker's web port: ``worker_web_port``, else 6066."""
+        return self.worker_web_port or DEFAULT_WORKER_PORT
+
+    @property
     def worker_instance_id(self) -> str:
-        return self.worker_id or f"{socket.gethostname()}-{self.worker_web_port}"
+        return self.worker_id or f"{socket.gethostname()}-{self.worker_port}"
 
     @property
     def control_secrets(self) -> list[bytes]:

@@ -21,7 +21,13 @@ from pydantic import SecretStr
 
 from clickstream.credentials import CONTROL_SECRET_FILE, INTERNAL_TOKEN_FILE, local_secret, redacted
 from deploy.kafka_topics import ensure_topics
-from deploy.local.servers import LocalServerError, LocalWorker, local_servers, port_in_use
+from deploy.local.servers import (
+    LocalServerError,
+    LocalWorker,
+    free_port,
+    local_servers,
+    port_in_use,
+)
 from producers.gateway.server import serve
 
 if TYPE_CHECKING:
@@ -31,6 +37,9 @@ if TYPE_CHECKING:
     from clickstream.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# The worker of `clickstream run`, whatever its port: its state on disk is kept under it.
+LOCAL_WORKER_ID = "local"
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -47,16 +56,19 @@ def run_locally(settings: Settings) -> None:
         )
     try:
         with local_servers(settings) as (bootstrap, mongodb_uri):
+            # Unset, the worker's port is a free one, kept across its restarts.
+            worker_port = settings.worker_web_port or free_port(settings.worker_web_host)
             # The settings of this run, handed to the worker as its environment and to the
             # gateway as an object: this process's environment is left as it was.
             runtime = settings.model_copy(
                 update={
                     "kafka_bootstrap": bootstrap,
                     "mongodb_uri": SecretStr(mongodb_uri),
+                    "worker_web_port": worker_port,
+                    # One identity from run to run: its state on disk is found again.
+                    "worker_id": settings.worker_id or LOCAL_WORKER_ID,
                     # The gateway reads sessions from the worker started here.
-                    "worker_urls": [
-                        f"http://{settings.worker_web_host}:{settings.worker_web_port}"
-                    ],
+                    "worker_urls": [f"http://{settings.worker_web_host}:{worker_port}"],
                     # Its /ready says 503 while that worker is not running (WorkerWatch
                     # restarts it).
                     "ready_requires_worker": True,
@@ -66,7 +78,7 @@ def run_locally(settings: Settings) -> None:
             ensure_topics(runtime)
             worker = LocalWorker(
                 runtime.data_dir,
-                runtime.worker_web_port,
+                worker_port,
                 env={**os.environ, **runtime.environment()},
             )
             worker.nice = runtime.local_worker_nice

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
 from clickstream.credentials import internal_auth_headers
 from schemas import Topics
@@ -65,11 +66,17 @@ def _release_last_and_count(
     return stored, assert_exactly_once(acknowledged, stored.values())
 
 
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
 def test_a_worker_killed_twice_under_load_releases_every_click_once(
     stream_settings: Settings,
     worker_factory: Callable[..., Worker],
     gateway_factory: Callable[..., LocalGateway],
+    store: str,
 ) -> None:
+    """Killed mid-write, a worker comes back with exactly the state its last committed
+    batch left: from its RocksDB state on disk and the changelog's tail, or (memory) from
+    the whole changelog."""
+    stream_settings = stream_settings.model_copy(update={"worker_store": store})
     worker = worker_factory(stream_settings).start()
     gateway = gateway_factory(stream_settings, [worker])
     batches = []

@@ -40,6 +40,7 @@ class Worker:
         port = port or free_port()
         self.worker_id = worker_id
         self.port = port
+        self.data_dir = data_dir
         env = {
             **settings.environment(),
             "CLICKSTREAM_WORKER_ID": worker_id,
