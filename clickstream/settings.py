@@ -108,7 +108,11 @@ class Settings(BaseSettings):
     worker_rocksdb_max_open_files: int = Field(default=256, ge=16)
     """Files RocksDB keeps open."""
     worker_batch_max_messages: int = Field(default=5000, ge=1)
-    """At most this many messages are handled, and committed, together."""
+    """At most this many messages of a partition are committed together."""
+    worker_commit_interval_seconds: float = Field(default=0.05, gt=0)
+    """A partition's batch is committed (one Kafka transaction) at most this long after its
+    first message: at a low rate a transaction is paid once per interval, not per message;
+    the state a worker shows lags its input by about this much."""
     worker_web_host: str = "127.0.0.1"
     """Where a worker serves sessions, readiness and metrics, and the address it gives the
     others to reach it (loopback: only the gateway needs it)."""
@@ -137,8 +141,9 @@ class Settings(BaseSettings):
     brokers that answer an empty fetch at once (the local one); 0: never pause (Apache
     Kafka holds an empty fetch itself)."""
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
-    """Events of a session never registered wait this long, then go to the dead-letter
-    topic; those of a retired session then join its released copy."""
+    """Events of a session never registered wait this long from when a worker read them,
+    then go to the dead-letter topic; those of a retired session then join its released
+    copy."""
     tick_interval_seconds: float = Field(default=30.0, gt=0)
     """How often the release coordinator ticks every partition (orphan expiry, retention)."""
     release_history: int = Field(default=20, ge=2)

@@ -171,15 +171,11 @@ class PartitionWriter:
         self._producer.flush(5)
 
 
-def encode_changes(
-    codec: AvroCodec, changes: Sequence[Change]
-) -> tuple[list[tuple[bytes, bytes | None]], dict[bytes, bytes | None]]:
-    """The changelog records of ``changes``, and each key's encoded value."""
-    encoded: dict[bytes, bytes | None] = {}
-    for change in changes:
-        value = change.value
-        encoded[change.key] = None if value is None else codec.encode(change.kind.schema, value)
-    return list(encoded.items()), encoded
+def encode_changes(codec: AvroCodec, changes: Sequence[Change]) -> list[tuple[bytes, bytes | None]]:
+    """The changelog records of ``changes``."""
+    return [
+        (c.key, None if c.value is None else codec.encode(c.kind.schema, c.value)) for c in changes
+    ]
 
 
 def restore(settings: Settings, codec: AvroCodec, topic: str, backend: Backend) -> tuple[int, int]:
@@ -216,8 +212,8 @@ def restore(settings: Settings, codec: AvroCodec, topic: str, backend: Backend) 
             return 0, int((time.monotonic() - started) * 1000)
         consumer.assign([TopicPartition(topic, partition, start)])
         for records in _until_end(consumer):
-            changes, encoded, position = _changes(codec, backend, records)
-            backend.apply(changes, encoded, position)
+            changes, position = _changes(codec, backend, records)
+            backend.apply(changes, position)
             read += len(records)
     finally:
         consumer.close()
@@ -252,7 +248,7 @@ def _until_end(consumer: Consumer) -> Iterator[list[Message]]:
 
 def _changes(
     codec: AvroCodec, backend: Backend, records: list[Message]
-) -> tuple[list[Change], dict[bytes, bytes | None], int]:
+) -> tuple[list[Change], int]:
     latest: dict[bytes, bytes | None] = {}
     for message in records:
         key = message.key()
@@ -265,4 +261,4 @@ def _changes(
         old = backend.get(key) if kind is Kind.ENTRY else None
         changes.append(Change(key, kind, value, old))
     position = (records[-1].offset() or 0) + 1
-    return changes, latest, position
+    return changes, position

@@ -13,6 +13,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from clickstream import clock
 from schemas import MalformedMessageError, SchemaName
 from stream_app import dead_letters, join, releases
 from stream_app.outgoing import Outgoing
@@ -246,7 +247,7 @@ class Handlers:
             last_piece = state.piece(session_id, entry["piece_count"] - 1)
         known = state.known_ids(entry)
         appended = join.append_events(
-            entry, last_piece, known, events, received_at_ms, message.offset() or 0
+            entry, last_piece, known, events, received_at_ms, message.offset() or 0, clock.now_ms()
         )
         if appended is not None:
             state.put_appended(appended)

@@ -168,11 +168,15 @@ def append_events(
     events: Iterable[EventItem],
     received_at_ms: int,
     offset: int,
+    read_at_ms: int,
 ) -> Appended | None:
     """Apply the events of one message read at ``offset``, in order; None if none is new.
 
     ``known_ids`` are the ids the session already has: a retried request, or a repeat within
     the message, is dropped (first write wins). ``last_piece`` is the session's last piece.
+    Events of a session not registered yet wait for it from ``read_at_ms``, when the worker
+    read them (not from when they were accepted: a producer's clock, or a backlog after an
+    outage, would expire them before their registration was read).
     """
     new: list[StoredEvent] = []
     seen: set[str] = set()
@@ -187,7 +191,7 @@ def append_events(
     appended = _with_events(entry, last_piece, new)
     waiting = entry["waiting_since_ms"]
     if entry["registered_offset"] is None and waiting is None:
-        waiting = received_at_ms
+        waiting = read_at_ms
     updated: SessionEntry = {
         **appended.entry,
         "last_event_offset": offset,

@@ -1,5 +1,12 @@
-"""Handling a batch of messages, partition by partition, each committed in one Kafka
-transaction with the state it led to; and, for each failure, retry or dead-letter.
+"""Handling messages in batches, partition by partition, each partition's batch committed
+in one Kafka transaction with the state it led to; and, for each failure, retry or
+dead-letter.
+
+A partition's batch stays open for ``CLICKSTREAM_WORKER_COMMIT_INTERVAL_SECONDS`` (or
+``CLICKSTREAM_WORKER_BATCH_MAX_MESSAGES`` messages) across polls: a transaction costs a
+few requests to the broker whatever it holds, so at a low rate it is paid once per
+interval, not once per message (Kafka Streams commits every 100 ms under exactly-once).
+The state the worker serves is the committed one: a click shows within the interval.
 
 - A failure of a server (MongoDB or Kafka away, a transaction that did not commit) drops
   the partition's staged changes, rewinds it to where its committed state ends and reads it
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
@@ -77,6 +85,16 @@ def is_transient(error: BaseException) -> bool:
 _SERVER_ERROR_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
+@dataclass(slots=True)
+class _Open:
+    """A partition's batch: handled, staged, not committed yet."""
+
+    positions: dict[str, int | None]
+    since: float
+    out: list[Outgoing] = field(default_factory=list)
+    kinds: list[tuple[str, str]] = field(default_factory=list)
+
+
 class _Failing:
     """A partition that failed: since when, how many times, and which message once."""
 
@@ -100,6 +118,8 @@ class Processor:
         writers: the transactional writer of each partition held.
         lock: held while committed state changes (readers of the state hold it too).
         retry_seconds: ``CLICKSTREAM_WORKER_RETRY_SECONDS``.
+        commit_interval: ``CLICKSTREAM_WORKER_COMMIT_INTERVAL_SECONDS``.
+        max_messages: ``CLICKSTREAM_WORKER_BATCH_MAX_MESSAGES``.
         stop: stops the worker (failure, where).
     """
 
@@ -113,6 +133,8 @@ class Processor:
         writers: dict[int, PartitionWriter],
         lock: threading.RLock,
         retry_seconds: float,
+        commit_interval: float,
+        max_messages: int,
         stop: Callable[[BaseException, str], None],
     ) -> None:
         self._codec = codec
@@ -124,17 +146,45 @@ class Processor:
         self._lock = lock
         self._retry_seconds = retry_seconds
         self._stop = stop
+        self._commit_interval = commit_interval
+        self._max_messages = max_messages
         self._failing: dict[int, _Failing] = {}
+        self._open: dict[int, _Open] = {}
 
     def process(self, messages: list[Message]) -> None:
+        """Handle ``messages``; commit the partitions whose batch is due."""
         for partition, group in by_partition(messages).items():
             state = self._states.get(partition)
             if state is not None:  # not revoked meanwhile
                 self._partition(state, group)
+        self.commit_due()
+
+    def commit_due(self) -> None:
+        """Commit every open batch that is old or large enough."""
+        now = time.monotonic()
+        for partition, batch in list(self._open.items()):
+            if now - batch.since >= self._commit_interval or len(batch.kinds) >= self._max_messages:
+                self._commit(self._states[partition], batch)
+
+    def commit(self, partitions: list[int]) -> None:
+        """Commit the open batches of ``partitions`` now (they are about to be given up)."""
+        for partition in partitions:
+            batch = self._open.get(partition)
+            state = self._states.get(partition)
+            if batch is not None and state is not None:
+                self._commit(state, batch)
+
+    def next_commit_in(self) -> float | None:
+        """Seconds until the oldest open batch is due; None if none is open."""
+        if not self._open:
+            return None
+        oldest = min(batch.since for batch in self._open.values())
+        return max(oldest + self._commit_interval - time.monotonic(), 0.0)
 
     def forget(self, partitions: list[int]) -> None:
         for partition in partitions:
             self._failing.pop(partition, None)
+            self._open.pop(partition, None)
 
     def _start(self, state: PartitionState) -> StartAt:
         offsets = state.offsets()
@@ -144,10 +194,12 @@ class Processor:
 
     def _partition(self, state: PartitionState, messages: list[Message]) -> None:
         partition = state.partition
-        start = self._start(state)
-        positions = {self._names.sessions: start.sessions, self._names.events: start.events}
-        out: list[Outgoing] = []
-        kinds: list[tuple[str, str]] = []
+        batch = self._open.get(partition)
+        if batch is None:
+            start = self._start(state)  # nothing staged: where the committed state ends
+            positions = {self._names.sessions: start.sessions, self._names.events: start.events}
+            batch = self._open[partition] = _Open(positions, time.monotonic())
+        positions, out, kinds = batch.positions, batch.out, batch.kinds
         failing = self._failing.get(partition)
         for message in messages:
             topic, offset = message.topic() or "", message.offset() or 0
@@ -178,26 +230,21 @@ class Processor:
                     return
             positions[topic] = offset + 1
             kinds.append((topic, kind))
-        self._commit(state, positions, out, kinds)
 
-    def _commit(
-        self,
-        state: PartitionState,
-        positions: dict[str, int | None],
-        out: list[Outgoing],
-        kinds: list[tuple[str, str]],
-    ) -> None:
+    def _commit(self, state: PartitionState, batch: _Open) -> None:
         partition = state.partition
+        del self._open[partition]
+        positions, out, kinds = batch.positions, batch.out, batch.kinds
         sessions, events = positions[self._names.sessions], positions[self._names.events]
         state.put_offsets({"sessions_offset": sessions or 0, "events_offset": events or 0})
         try:
-            records, encoded = encode_changes(self._codec, state.staged())
+            records = encode_changes(self._codec, state.staged())
             position = self._writers[partition].commit(records, out)
         except Exception as exc:  # noqa: BLE001 - retried, whatever it was
             self._failed(state, exc, f"commit partition={partition}", struck=None)
             return
         with self._lock:
-            state.committed(encoded, position)
+            state.committed(position)
         self._failing.pop(partition, None)
         self._source.commit({partition: StartAt(sessions, events)})
         metrics.handled(kinds, out)
@@ -213,6 +260,7 @@ class Processor:
         at once the first time a message fails of its own, after a backoff otherwise."""
         partition = state.partition
         state.drop_staged()
+        self._open.pop(partition, None)
         failing = self._failing.setdefault(partition, _Failing())
         failing.attempts += 1
         metrics.HANDLER_RETRIES.inc()

@@ -294,7 +294,7 @@ class SourceConsumer:
             return
         try:
             self._consumer.commit(offsets=committed, asynchronous=True)
-        except KafkaException as exc:
+        except (KafkaException, RuntimeError) as exc:  # RuntimeError: closed
             logger.debug("group offsets not committed error=%s", exc)
 
     def lags(self) -> dict[tuple[str, int], int]:

@@ -46,7 +46,7 @@ _STOP_DEADLINE_SECONDS = 6.0
 _LEAVE_SECONDS = 1.5
 _CLOSE_SECONDS = 1.5
 _POLL_SECONDS = 0.2
-_GAUGES_SECONDS = 0.2
+_LAGS_SECONDS = 0.2
 # A librdkafka call still blocked this long after its own timeout (30 s) stops the worker.
 _STUCK_SECONDS = 60.0
 _RESTORE_RETRY_SECONDS = 1.0
@@ -59,8 +59,15 @@ def run_worker(settings: Settings) -> None:
     worker = StreamWorker(settings, store, AvroCodec())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.on_signal)
+    # The loop runs in a thread of its own: a librdkafka call blocks for up to its timeout,
+    # and Python runs a signal handler only in the main thread, between two of its steps.
+    # Here the main thread only waits, so a SIGTERM is heard at once (and its deadline
+    # armed) even while the loop sits in a transaction to a gone broker.
+    loop = threading.Thread(target=worker.run, name="stream-worker")
+    loop.start()
     try:
-        worker.run()
+        while loop.is_alive():
+            loop.join(0.2)
     finally:
         close_within(store.close, _CLOSE_SECONDS, "mongodb")
     if worker.error is not None:
@@ -88,14 +95,13 @@ class StreamWorker:
         self._stopping = threading.Event()
         self._joined = False
         self._restoring = False
-        self._gauges: tuple[dict[tuple[str, int], int], int] = ({}, 0)
+        self._lags: dict[tuple[str, int], int] = {}
         self.error: BaseException | None = None
         self._bounded = CallWatchdog(_STUCK_SECONDS, self.stop)
         changelog.ensure_changelog(settings, self._changelog)
         self._local = (
             LocalStore(
                 settings.data_dir / f"worker-{settings.worker_instance_id}" / "state",
-                codec,
                 block_cache_bytes=settings.worker_rocksdb_block_cache_bytes,
                 write_buffer_bytes=settings.worker_rocksdb_write_buffer_bytes,
                 max_open_files=settings.worker_rocksdb_max_open_files,
@@ -114,7 +120,7 @@ class StreamWorker:
             self._is_ready,
             lambda: sorted(self._states),
             Owners(settings, names.stream_app_id, names.sessions),
-            metrics.registry(lambda: self._gauges),
+            metrics.registry(self._note),
         )
         self._web.start()  # first: a port already taken is the error to see
         self._group = names.stream_app_id
@@ -128,6 +134,8 @@ class StreamWorker:
             self._writers,
             self._lock,
             settings.worker_retry_seconds,
+            settings.worker_commit_interval_seconds,
+            settings.worker_batch_max_messages,
             self.stop,
         )
         self._coordinator = ReleaseCoordinator(
@@ -142,13 +150,16 @@ class StreamWorker:
         noted = 0.0
         try:
             while not self._stopping.is_set():
-                messages = self._source.poll(max_messages, _POLL_SECONDS)
+                due = self._processor.next_commit_in()
+                wait = _POLL_SECONDS if due is None else min(due, _POLL_SECONDS)
+                messages = self._source.poll(max_messages, wait)
                 if messages:
                     self._processor.process(messages)
-                if time.monotonic() - noted >= _GAUGES_SECONDS:
+                else:
+                    self._processor.commit_due()
+                if time.monotonic() - noted >= _LAGS_SECONDS:
                     noted = time.monotonic()
-                    sessions = sum(s.backend.entry_count for s in list(self._states.values()))
-                    self._gauges = (self._source.lags(), sessions)
+                    self._lags = self._source.lags()  # the consumer's, read on its thread
         finally:
             self._close()
 
@@ -171,6 +182,7 @@ class StreamWorker:
         self._stopping.set()
 
     def _close(self) -> None:
+        self._processor.commit(sorted(self._states))  # what was handled, while it can
         self._coordinator.stop(timeout=_CLOSE_SECONDS)
         member = group.member_id(
             self._settings, self._group, self._settings.worker_instance_id, _LEAVE_SECONDS
@@ -242,6 +254,7 @@ class StreamWorker:
         return state
 
     def _revoked(self, partitions: list[int]) -> None:
+        self._processor.commit(partitions)  # what was handled counts, if it still can
         with self._lock:
             for partition in partitions:
                 writer = self._writers.pop(partition, None)
@@ -253,6 +266,12 @@ class StreamWorker:
         self._processor.forget(partitions)
 
     # -- the web server's view ----------------------------------------------------------
+
+    def _note(self) -> tuple[dict[tuple[str, int], int], int]:
+        """The lags as last read, and the sessions held now (for the metrics)."""
+        with self._lock:
+            sessions = sum(state.backend.entry_count for state in self._states.values())
+        return self._lags, sessions
 
     def _is_ready(self) -> bool:
         return self._joined and not self._restoring and not self._stopping.is_set()

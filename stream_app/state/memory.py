@@ -47,9 +47,7 @@ class MemoryPartition:
     def position(self) -> int:
         return self._position
 
-    def apply(
-        self, changes: Sequence[Change], encoded: dict[bytes, bytes | None], position: int
-    ) -> None:
+    def apply(self, changes: Sequence[Change], position: int) -> None:
         values = self._values
         for change in changes:
             key, value = change.key, change.value

@@ -80,11 +80,9 @@ class Backend(Protocol):
         """The changelog offset the committed state was restored or written up to (the
         next one to read)."""
 
-    def apply(
-        self, changes: Sequence[Change], encoded: dict[bytes, bytes | None], position: int
-    ) -> None:
-        """Commit ``changes`` (their encoded values in ``encoded``), the state now being
-        what the changelog holds up to ``position``."""
+    def apply(self, changes: Sequence[Change], position: int) -> None:
+        """Commit ``changes``, the state now being what the changelog holds up to
+        ``position``."""
 
     def drop(self) -> None:
         """Forget everything (the changelog is restored from its beginning)."""
@@ -229,9 +227,9 @@ class PartitionState:
     def staged(self) -> list[Change]:
         return list(self._staged.values())
 
-    def committed(self, encoded: dict[bytes, bytes | None], position: int) -> None:
+    def committed(self, position: int) -> None:
         """The staged changes are on the changelog up to ``position``: apply them."""
-        self.backend.apply(list(self._staged.values()), encoded, position)
+        self.backend.apply(list(self._staged.values()), position)
         self._staged.clear()
 
     def drop_staged(self) -> None:

@@ -10,7 +10,9 @@ write buffers (``CLICKSTREAM_WORKER_ROCKSDB_*``), whatever the number of session
 
 Local keys of a partition ``P`` (2 bytes, big-endian):
 
-- ``P v <state key>``: the encoded value (as on the changelog);
+- ``P v <state key>``: the value, pickled (the changelog has it in Avro; here it is read
+  often, and pickle decodes it in a fifth of the time: ``FORMAT`` names the encoding, and a
+  disk written otherwise is dropped and rebuilt from the changelog);
 - ``P d <session id>``: the session is dirty (a release must look at it);
 - ``P t <kind> <since ms, 8 bytes> <session id>``: what a tick may do to the session and
   since when (``join.watched``);
@@ -23,6 +25,7 @@ changelog's compaction may have removed tombstones it never saw.
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import struct
 import time
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from pathlib import Path
 
-    from schemas import AvroCodec
     from stream_app.state.partition import Change
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,10 @@ _COUNT = b"#n"
 _POSITION = b"#p"
 _POSITION_FORMAT = struct.Struct(">qq")  # changelog position, wall clock ms
 _COUNT_FORMAT = struct.Struct(">q")
+_PICKLE = 5
+# The encoding of the values on disk; another one found there is dropped.
+FORMAT = b"pickle-5"
+_FORMAT_KEY = b"\xff\xffformat"
 
 
 class LocalStore:
@@ -64,7 +70,6 @@ class LocalStore:
 
     Args:
         path: its directory (under ``CLICKSTREAM_DATA_DIR``).
-        codec: decodes the values.
         block_cache_bytes: ``CLICKSTREAM_WORKER_ROCKSDB_BLOCK_CACHE_BYTES``.
         write_buffer_bytes: ``CLICKSTREAM_WORKER_ROCKSDB_WRITE_BUFFER_BYTES`` (each of two).
         max_open_files: ``CLICKSTREAM_WORKER_ROCKSDB_MAX_OPEN_FILES``.
@@ -73,7 +78,6 @@ class LocalStore:
     def __init__(
         self,
         path: Path,
-        codec: AvroCodec,
         *,
         block_cache_bytes: int,
         write_buffer_bytes: int,
@@ -93,7 +97,6 @@ class LocalStore:
         options.set_compression_type(DBCompressionType.lz4())
         options.set_max_background_jobs(2)
         self.path = path
-        self._codec = codec
         try:
             self.db = Rdict(str(path), options)
         except Exception as exc:  # a corrupt or foreign directory: the changelog rebuilds it
@@ -101,6 +104,11 @@ class LocalStore:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
             self.db = Rdict(str(path), options)
+        if self.db.get(_FORMAT_KEY) != FORMAT:
+            if self.db.get(_FORMAT_KEY) is not None:
+                logger.warning("local state of another format dropped path=%s", path)
+            self.db.delete_range(b"", _FORMAT_KEY)
+            self.db.put(_FORMAT_KEY, FORMAT)
         write = WriteOptions()
         # An attribute at run time, whatever rocksdict's stubs say.
         write.disable_wal = True  # type: ignore[method-assign,assignment]
@@ -108,7 +116,7 @@ class LocalStore:
 
     def partition(self, partition: int, max_age_ms: int) -> RocksPartition:
         """The state of ``partition`` as this disk has it (dropped if too old)."""
-        found = RocksPartition(self.db, self._codec, partition)
+        found = RocksPartition(self.db, partition)
         written_at = found.written_at_ms
         if written_at is not None and time.time() * 1000 - written_at > max_age_ms:
             logger.warning(
@@ -127,16 +135,15 @@ class LocalStore:
 class RocksPartition:
     """One partition of the local RocksDB."""
 
-    def __init__(self, db: Rdict, codec: AvroCodec, partition: int) -> None:
+    def __init__(self, db: Rdict, partition: int) -> None:
         self.partition = partition
         self._db = db
-        self._codec = codec
         self._prefix = partition.to_bytes(2, "big")
         self._values = self._prefix + _VALUE
 
     def get(self, key: bytes) -> Any:
         raw = self._db.get(self._values + key)
-        return None if raw is None else self._codec.decode(raw).record
+        return None if raw is None else pickle.loads(raw)  # noqa: S301 - our own, on our disk
 
     def _scan(self, start: bytes, end: bytes) -> Iterator[bytes]:
         """Keys in [start, end)."""
@@ -181,19 +188,16 @@ class RocksPartition:
         raw = self._db.get(self._prefix + _POSITION)
         return None if raw is None else int(_POSITION_FORMAT.unpack(raw)[1])
 
-    def apply(
-        self, changes: Sequence[Change], encoded: dict[bytes, bytes | None], position: int
-    ) -> None:
+    def apply(self, changes: Sequence[Change], position: int) -> None:
         batch = WriteBatch(raw_mode=True)
         prefix, values = self._prefix, self._values
         count = 0
         for change in changes:
             key = change.key
-            raw = encoded[key]
-            if raw is None:
+            if change.value is None:
                 batch.delete(values + key)
             else:
-                batch.put(values + key, raw)
+                batch.put(values + key, pickle.dumps(change.value, protocol=_PICKLE))
             if change.kind is Kind.ENTRY:
                 count += (change.value is not None) - (change.old is not None)
                 self._index(batch, session_of(key).encode(), change.old, change.value)

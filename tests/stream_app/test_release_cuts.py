@@ -13,6 +13,7 @@ from batches.documents import session_documents
 from clickstream.settings import Settings
 from schemas import AvroCodec, SchemaName, Topics
 from stream_app import join, releases
+from stream_app.changelog import encode_changes
 from stream_app.control_auth import ControlAuth
 from stream_app.handlers import Handlers
 from stream_app.releases import MarkerOutcome
@@ -57,12 +58,9 @@ class Partition:
 
     def commit(self) -> None:
         """The batch's changes committed, as after the changelog transaction."""
-        encoded = {
-            c.key: None if c.value is None else CODEC.encode(c.kind.schema, c.value)
-            for c in self.state.staged()
-        }
-        self._position += len(encoded)
-        self.state.committed(encoded, self._position)
+        records = encode_changes(CODEC, self.state.staged())  # as the changelog gets them
+        self._position += len(records)
+        self.state.committed(self._position)
 
     def entry(self, session_id: str) -> join.SessionEntry:
         found = self.state.entry(session_id)
