@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench profile soak install clean
+.PHONY: run test lint compat bench profile soak install clean
 
 run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foreground
 	$(BIN)/clickstream run
@@ -29,6 +29,9 @@ lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter, [tool.impor
 	$(BIN)/mypy clickstream batches producers schemas stream_app consumers deploy
 	$(BIN)/lint-imports
 
+compat:  ## Import every module and run the unit tests under the newest Python here (.venv-compat)
+	scripts/compat.sh
+
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml changes, so a second `make run` starts in seconds.
@@ -39,4 +42,4 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 clean:  ## Remove the virtual environment and the local servers' data
-	rm -rf $(VENV) .clickstream
+	rm -rf $(VENV) .venv-compat .clickstream
