@@ -43,6 +43,8 @@ from tests.utils.payloads import new_id
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tests.utils.clients import Acknowledged
+
 logger = logging.getLogger("soak")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +66,9 @@ class Soak:
         self.fault_every = _seconds("SOAK_FAULT_SECONDS", 180)
         self.release_every = _seconds("SOAK_RELEASE_SECONDS", 60)
         self.retention = _seconds("SOAK_RETENTION_SECONDS", 120)
-        self.calibrate = _seconds("SOAK_CALIBRATE_SECONDS", 30)
+        # The first and the last this many seconds run at full speed, no fault: the rate they
+        # hold, compared, tells whether a long run slows down.
+        self.full_speed = _seconds("SOAK_FULL_SPEED_SECONDS", min(300, self.seconds / 6))
         self.data_dir = data_dir
         self.kafka = LocalKafka(data_dir / "kafka", free_port())
         self.mongo = LocalMongo(data_dir / "mongodb")
@@ -120,10 +124,8 @@ class Soak:
     def _load(
         self, settings: Settings, worker: LocalWorker, gateway: LocalGateway
     ) -> dict[str, Any]:
-        with Clients(gateway.address, count=CLIENTS, give_up_seconds=300) as burst:
-            time.sleep(self.calibrate)
-            capacity = burst.acknowledged.requests / self.calibrate
-        calibration = burst.stop()
+        first, first_rate = self._full_speed(gateway)
+        capacity = first_rate
         offered = capacity / 2
         logger.info("capacity requests_per_s=%.0f offered=%.0f", capacity, offered)
         clients = Clients(
@@ -135,6 +137,7 @@ class Soak:
             max_sessions=1_000_000,
         )
         started = time.monotonic()
+        half_speed = self.seconds - 2 * self.full_speed
         next_fault, next_release, next_sample = (
             started + self.fault_every,
             started + self.release_every,
@@ -142,7 +145,7 @@ class Soak:
         )
         fault_number = 0
         with clients:
-            while (now := time.monotonic()) < started + self.seconds:
+            while (now := time.monotonic()) < started + half_speed:
                 if now >= next_sample:
                     self._sample(now - started, worker, clients)
                     next_sample += 10
@@ -156,6 +159,7 @@ class Soak:
                     next_fault += self.fault_every
                 time.sleep(0.5)
         acknowledged = clients.stop()
+        last_full, last_rate = self._full_speed(gateway)
         for thread in threading.enumerate():
             if thread.name == "soak-release":
                 thread.join()
@@ -164,8 +168,8 @@ class Soak:
         batches = released_batches(settings)
         outcome = "every acknowledged event in exactly one batch"
         try:
-            assert_exactly_once(calibration, batches.values())
-            counted = assert_exactly_once(acknowledged, batches.values())
+            for part in (first, acknowledged, last_full):
+                counted = assert_exactly_once(part, batches.values())  # all of them counted
         except AssertionError as exc:
             outcome, counted = f"FAILED: {exc}", Counter()
         self._sample(time.monotonic() - started, worker, clients)
@@ -174,7 +178,11 @@ class Soak:
                 "soak_seconds": self.seconds,
                 "capacity_requests_per_s": round(capacity, 1),
                 "offered_requests_per_s": round(offered, 1),
-                "acknowledged_events": acknowledged.event_count() + calibration.event_count(),
+                "full_speed_requests_per_s_first": round(first_rate, 1),
+                "full_speed_requests_per_s_last": round(last_rate, 1),
+                "acknowledged_events": acknowledged.event_count()
+                + first.event_count()
+                + last_full.event_count(),
                 "released_new_events": len(counted),
                 "client_retries": acknowledged.retries,
                 "batches": len(batches),
@@ -195,6 +203,15 @@ class Soak:
             "releases": self.releases,
             "samples": self.samples,
         }
+
+    def _full_speed(self, gateway: LocalGateway) -> tuple[Acknowledged, float]:
+        """``SOAK_FULL_SPEED_SECONDS`` of load as fast as the clients go: what was
+        acknowledged, and the requests per second it held."""
+        with Clients(gateway.address, count=CLIENTS, give_up_seconds=300) as clients:
+            time.sleep(self.full_speed)
+            rate = clients.acknowledged.requests / self.full_speed
+        logger.info("full speed requests_per_s=%.0f", rate)
+        return clients.stop(), rate
 
     def _sample(self, at: float, worker: LocalWorker, clients: Clients) -> None:
         pid = worker.pid
