@@ -9,18 +9,37 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from pydantic import SecretStr
 from typer.core import TyperGroup
 
 from clickstream.credentials import internal_auth_headers
 from clickstream.exceptions import ClickstreamError
 from clickstream.log import configure_logging
-from clickstream.settings import get_settings
+from clickstream.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Clickstream ingestion: HTTP -> Kafka -> stream tables -> MongoDB batches.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _with_local_run(settings: Settings) -> Settings:
+    """``settings``, with the servers of a ``clickstream run`` going in its data dir where
+    they name none (what ``run.json`` there says; a password it hides is not guessed)."""
+    from deploy.local.run import run_file  # noqa: PLC0415 - keeps other commands light
+
+    try:
+        running = json.loads(run_file(settings).read_text())
+    except (OSError, ValueError):
+        return settings
+    found: dict[str, Any] = {}
+    if not settings.kafka_bootstrap and running.get("kafka_bootstrap"):
+        found["kafka_bootstrap"] = running["kafka_bootstrap"]
+    uri = running.get("mongodb_uri") or ""
+    if not settings.mongodb_url and uri and "***" not in uri:
+        found["mongodb_uri"] = SecretStr(uri)
+    return settings.model_copy(update=found) if found else settings
 
 
 def _fail(exc: Exception) -> None:
@@ -89,7 +108,7 @@ def _release_via_kafka(release_id: str, min_idle_seconds: int) -> None:
     from consumers.batch_reader import BatchReader  # noqa: PLC0415 - keeps other commands light
     from producers.library import ClickstreamProducer  # noqa: PLC0415
 
-    settings = get_settings()
+    settings = _with_local_run(get_settings())
     try:
         with ClickstreamProducer(settings) as producer:
             request_id = producer.request_release(release_id, min_idle_seconds)
@@ -184,7 +203,7 @@ def export(
     from consumers.batch_export import export_batch  # noqa: PLC0415
 
     configure_logging()
-    settings = get_settings()
+    settings = _with_local_run(get_settings())
     try:
         store = BatchStore.from_settings(settings)
     except ValueError as exc:

@@ -12,11 +12,10 @@ import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
-    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +23,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     create_model,
+    model_validator,
 )
 
 from clickstream.settings import Settings
@@ -175,10 +175,13 @@ EventType = Annotated[
 # Ten years: beyond it no session is ever idle enough; the bound keeps the value a long.
 MAX_IDLE_SECONDS = 10 * 365 * 24 * 3600
 
-_META = Field(
+_META = Field(default=None, description="Any JSON object.")
+# A field of its own, so it is validated (and documented) whenever it is sent.
+_ITEM_INFO = Field(
     default=None,
-    validation_alias=AliasChoices("meta", "item_info"),
-    description="Any JSON object. `item_info` is accepted as another name for it.",
+    exclude=True,
+    description="Another name for `meta` (the original service's docs write it); `meta` "
+    "wins when both are sent.",
 )
 
 
@@ -188,10 +191,22 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class SearchResultIn(RequestModel):
+class WithMeta(RequestModel):
+    """``meta``, or ``item_info`` when ``meta`` is not sent."""
+
+    meta: JsonObject = _META
+    item_info: JsonObject = _ITEM_INFO
+
+    @model_validator(mode="after")
+    def _meta_from_item_info(self) -> Self:
+        if self.item_info is not None and "meta" not in self.model_fields_set:
+            return self.model_copy(update={"meta": self.item_info})
+        return self
+
+
+class SearchResultIn(WithMeta):
     object_id: Id
     rank: float | None = Field(default=None, allow_inf_nan=False)
-    meta: JsonObject = _META
 
 
 class SessionIn(RequestModel):
@@ -231,14 +246,13 @@ _EVENT_ID_DOC = "Unique within the session; a repeated id is dropped."
 _RELEASE_ID_DOC = "The idempotency key: the same id, the same batch."
 
 
-class EventIn(RequestModel):
+class EventIn(WithMeta):
     """One interaction with a search result; a click unless ``event_type`` says otherwise."""
 
     event_id: Id = Field(description=_EVENT_ID_DOC)
     object_id: Id
     event_type: EventType = "click"
     created_at: Timestamp = None
-    meta: JsonObject = _META
 
 
 class EventsIn(RequestModel):

@@ -108,6 +108,18 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
             headers=auth,
             timeout=60,
         )
+        # The commands find what the run started, export included (no CLICKSTREAM_* set).
+        exported = subprocess.run(
+            [str(CLI), "batch", "export", released.json()["batch_id"], "--output", "-"],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")},
+                "CLICKSTREAM_DATA_DIR": str(data_dir),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         output = run.terminate()
 
@@ -118,6 +130,9 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     assert released.status_code == 200, released.text
     assert re.fullmatch("[0-9a-f]{24}", released.json()["batch_id"])
     assert (released.json()["session_count"], released.json()["event_count"]) == (1, 3)
+    assert exported.returncode == 0, exported.stderr
+    [row] = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [e["event_id"] for e in row["events"]] == [e["event_id"] for e in events["events"]]
     assert run.process.returncode == 0, output
     assert len(pids) == 3, "a broker, a mongod and a stream worker"
     # The worker yields the cores to the gateway and the servers it waits on.

@@ -770,6 +770,7 @@ class Bench:
         session each second would have slowed the stream and release figures."""
         rss_released = rss_mb(worker.pid or 0)
         worker.stop()
+        self._new_disk(worker)
         started = time.monotonic()
         env = {
             **(worker.env or {}),
@@ -781,6 +782,20 @@ class Bench:
             self._retire(restarted, started, rss_released)
         finally:
             restarted.stop()
+
+    def _new_disk(self, worker: LocalWorker) -> None:
+        """The same worker on an empty data dir (a new pod, a lost volume): how long until it
+        serves again, its state rebuilt from the changelog alone."""
+        fresh = self.data_dir / f"{worker.data_dir.name}-new-disk"
+        started = time.monotonic()
+        moved = LocalWorker(
+            fresh, env={**(worker.env or {}), "CLICKSTREAM_DATA_DIR": str(fresh)}
+        ).start(timeout=self.catch_up_timeout)
+        self.results["worker_recovery_s_100k_sessions_new_disk"] = round(
+            time.monotonic() - started, 2
+        )
+        moved.stop()
+        shutil.rmtree(fresh, ignore_errors=True)
 
     def _retire(self, restarted: LocalWorker, started: float, rss_released: float) -> None:
         recovered_in = time.monotonic() - started
@@ -923,6 +938,7 @@ def table(document: dict[str, Any]) -> str:
         ("worker_rss_mb_per_100k_sessions", "resident memory, sessions joined"),
         ("worker_rss_mb_after_retention", "resident memory, once they were retired"),
         ("worker_recovery_s_100k_sessions", "<= 15: restarted, serving again"),
+        ("worker_recovery_s_100k_sessions_new_disk", "the same on an empty disk"),
         ("worker_rss_mb_per_1m_sessions_rocksdb", "<= 500: a million live sessions"),
         ("worker_recovery_s_1m_sessions_rocksdb", "<= 15: restarted with them"),
         ("idle_cores_make_run", "<= 0.05: `clickstream run`, no load"),
