@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 # The exit code of a worker stopped by a message it could not handle.
 EXIT_HANDLER_FAILED = 3
 _BACKOFF_FIRST_SECONDS = 0.1
+# A partition's batch is committed once it has staged this many changes, whatever the
+# interval: a message of a gateway's group holds hundreds of sessions.
+_MAX_STAGED = 20_000
 _BACKOFF_MAX_SECONDS = 10.0
 # Labels error codes MongoDB gives when it is the server's trouble, not the document's.
 _TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError", "NoWritesPerformed")
@@ -121,6 +124,7 @@ class Processor:
         commit_interval: ``CLICKSTREAM_WORKER_COMMIT_INTERVAL_SECONDS``.
         max_messages: ``CLICKSTREAM_WORKER_BATCH_MAX_MESSAGES``.
         stop: stops the worker (failure, where).
+        after_large_batch: called after a batch cut short by its size (memory handed back).
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class Processor:
         commit_interval: float,
         max_messages: int,
         stop: Callable[[BaseException, str], None],
+        after_large_batch: Callable[[], None] = lambda: None,
     ) -> None:
         self._codec = codec
         self._names = names
@@ -146,6 +151,7 @@ class Processor:
         self._lock = lock
         self._retry_seconds = retry_seconds
         self._stop = stop
+        self._after_large_batch = after_large_batch
         self._commit_interval = commit_interval
         self._max_messages = max_messages
         self._failing: dict[int, _Failing] = {}
@@ -230,8 +236,16 @@ class Processor:
                     return
             positions[topic] = offset + 1
             kinds.append((topic, kind))
+            if state.staged_count >= _MAX_STAGED:
+                # A backlog of grouped messages: commit as it goes, memory stays bounded.
+                if not self._commit(state, batch):  # rewound: read again later
+                    return
+                self._after_large_batch()
+                batch = self._open[partition] = _Open(dict(positions), time.monotonic())
+                out, kinds = batch.out, batch.kinds
 
-    def _commit(self, state: PartitionState, batch: _Open) -> None:
+    def _commit(self, state: PartitionState, batch: _Open) -> bool:
+        """Commit a partition's batch; False if it failed (dropped, the partition rewound)."""
         partition = state.partition
         del self._open[partition]
         positions, out, kinds = batch.positions, batch.out, batch.kinds
@@ -242,12 +256,13 @@ class Processor:
             position = self._writers[partition].commit(records, out)
         except Exception as exc:  # noqa: BLE001 - retried, whatever it was
             self._failed(state, exc, f"commit partition={partition}", struck=None)
-            return
+            return False
         with self._lock:
             state.committed(position)
         self._failing.pop(partition, None)
         self._source.commit({partition: StartAt(sessions, events)})
         metrics.handled(kinds, out)
+        return True
 
     def _failed(
         self,

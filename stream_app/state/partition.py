@@ -224,6 +224,10 @@ class PartitionState:
     def changed(self) -> bool:
         return bool(self._staged)
 
+    @property
+    def staged_count(self) -> int:
+        return len(self._staged)
+
     def staged(self) -> list[Change]:
         return list(self._staged.values())
 

@@ -128,10 +128,14 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
     assert set(counted) == set(ids), "no session missing"
     assert max(counted.values()) == 1, "no session doubled"
     assert all(s["event_count"] == 2 for s in sessions)
-    announced = TopicReader(stream_settings.kafka_common_config(), codec).read(
-        Topics(stream_settings.topic_prefix).batches
+    reader = TopicReader(stream_settings.kafka_common_config(), codec)
+    batches_topic = Topics(stream_settings.topic_prefix).batches
+    # The batch is marked released in MongoDB before its announcement's transaction commits.
+    announced = eventually(
+        lambda: [m for m in reader.read(batches_topic) if m.name.endswith("BatchReleased")] or None,
+        timeout=30,
     )
-    assert [m.record["batch_id"] for m in announced if m.name.endswith("BatchReleased")] == [
+    assert [m.record["batch_id"] for m in announced] == [
         batch_id
     ], "announced once"
     assert restarted.pid is not None

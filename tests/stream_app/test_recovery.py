@@ -85,9 +85,10 @@ def test_a_worker_killed_during_a_release_leaves_a_complete_batch_once_restarted
     assert max(counted.values()) == 1, "no session doubled"
     assert all(s["event_count"] == 2 and len(s["events"]) == 2 for s in released)
     assert len({s["session_number"] for s in released}) == SESSIONS
-    announced = TopicReader(stream_settings.kafka_common_config(), codec).read(
-        Topics(stream_settings.topic_prefix).batches
-    )
+    reader = TopicReader(stream_settings.kafka_common_config(), codec)
+    batches_topic = Topics(stream_settings.topic_prefix).batches
+    # The batch is marked released in MongoDB before its announcement's transaction commits.
+    announced = eventually(lambda: reader.read(batches_topic) or None, timeout=30)
     assert [(m.name, m.record["batch_id"]) for m in announced] == [
         (SchemaName.RELEASE_OUTCOME, batch_id),
         (SchemaName.BATCH_RELEASED, batch_id),
