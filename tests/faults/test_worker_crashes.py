@@ -135,9 +135,7 @@ def test_one_of_two_workers_killed_in_the_middle_of_a_release(
         lambda: [m for m in reader.read(batches_topic) if m.name.endswith("BatchReleased")] or None,
         timeout=30,
     )
-    assert [m.record["batch_id"] for m in announced] == [
-        batch_id
-    ], "announced once"
+    assert [m.record["batch_id"] for m in announced] == [batch_id], "announced once"
     assert restarted.pid is not None
 
 
