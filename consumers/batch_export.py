@@ -9,6 +9,10 @@ One row per session with all its events, in ``session_number`` order, read page 
   fields (null where the API leaves one out, e.g. ``is_new`` of events outside a repeat).
   The free-form objects (``search_meta``, ``meta`` of results and events) are JSON text
   columns: JSON numbers (integers beyond 64 bits among them) have no Arrow type.
+
+Or, with a training shape (``consumers.training``), training examples: labelled
+(session, result) rows, (query, positive) pairs or (query, positive, negative) triplets,
+in the same two formats. Either way the same batch always exports to the same bytes.
 """
 
 from __future__ import annotations
@@ -17,23 +21,27 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
 from batches.store import RELEASED, BatchStore, parse_batch_id
 from consumers.exceptions import BatchExportError
+from consumers.training import RowShape, TrainingOptions, arrow_schema, shaped_rows
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
 
     from bson import ObjectId
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ExportFormat = Literal["jsonl", "parquet"]
 STDOUT = "-"
 # Sessions per MongoDB page and per Parquet row group.
 PAGE_SIZE = 500
+# Training rows per Parquet row group.
+ROW_GROUP_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,8 @@ class ExportSummary:
     batch_id: str
     sessions: int
     events: int
+    rows: int
+    """Rows written: sessions, or training examples."""
 
 
 def export_batch(
@@ -49,6 +59,8 @@ def export_batch(
     output: Path | str,
     export_format: ExportFormat = "jsonl",
     page_size: int = PAGE_SIZE,
+    shape: RowShape = RowShape.SESSIONS,
+    options: TrainingOptions | None = None,
 ) -> ExportSummary:
     """Write every session of a released batch to ``output`` (``"-"``: stdout, JSONL only).
 
@@ -58,29 +70,37 @@ def export_batch(
         output: a file path, replaced if it exists, or ``"-"``.
         export_format: ``jsonl`` or ``parquet``.
         page_size: sessions in memory at once (and per Parquet row group).
+        shape: sessions as stored, or one of the training shapes.
+        options: how training rows are chosen (``TrainingOptions``).
 
     Raises:
         BatchExportError: unknown batch, batch not released, or Parquet to stdout.
     """
     oid = _released_batch(store, batch_id)
+    if export_format == "parquet" and str(output) == STDOUT:
+        raise BatchExportError("Parquet cannot be written to stdout: give --output a file")
     sessions = store.iter_sessions(oid, page_size=page_size)
-    if export_format == "parquet":
-        if str(output) == STDOUT:
-            raise BatchExportError("Parquet cannot be written to stdout: give --output a file")
+    if shape is not RowShape.SESSIONS:
+        counting = _Counting(sessions)
+        examples = shaped_rows(batch_id, counting, shape, options or TrainingOptions())
+        if export_format == "parquet":
+            rows = _write_parquet_rows(examples, output, arrow_schema(shape))
+        else:
+            rows = _to_jsonl(output, lambda file: _write_jsonl_rows(examples, file))
+        counts = (counting.sessions, counting.events, rows)
+    elif export_format == "parquet":
         counts = _write_parquet(sessions, output, page_size)
-    elif str(output) == STDOUT:
-        counts = _write_jsonl(sessions, sys.stdout)
-        sys.stdout.flush()
     else:
-        with open(output, "w", encoding="utf-8") as file:
-            counts = _write_jsonl(sessions, file)
+        counts = _to_jsonl(output, lambda file: _write_jsonl(sessions, file))
     summary = ExportSummary(batch_id, *counts)
     logger.info(
-        "batch exported batch_id=%s format=%s sessions=%s events=%s output=%s",
+        "batch exported batch_id=%s shape=%s format=%s sessions=%s events=%s rows=%s output=%s",
         batch_id,
+        shape,
         export_format,
         summary.sessions,
         summary.events,
+        summary.rows,
         output,
     )
     return summary
@@ -96,14 +116,46 @@ def _released_batch(store: BatchStore, batch_id: str) -> ObjectId:
     return oid
 
 
-def _write_jsonl(sessions: Iterable[dict[str, Any]], file: TextIO) -> tuple[int, int]:
-    count = events = 0
-    for session in sessions:
-        file.write(json.dumps(session, ensure_ascii=False, separators=(",", ":")))
-        file.write("\n")
-        count += 1
-        events += len(session["events"])
-    return count, events
+class _Counting:
+    """The sessions, counted (and their events) as they are read."""
+
+    def __init__(self, sessions: Iterable[dict[str, Any]]) -> None:
+        self._sessions = sessions
+        self.sessions = self.events = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for session in self._sessions:
+            self.sessions += 1
+            self.events += len(session["events"])
+            yield session
+
+
+def _to_jsonl(output: Path | str, write: Callable[[TextIO], _T]) -> _T:
+    if str(output) == STDOUT:
+        written = write(sys.stdout)
+        sys.stdout.flush()
+        return written
+    with open(output, "w", encoding="utf-8") as file:
+        return write(file)
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _write_jsonl(sessions: Iterable[dict[str, Any]], file: TextIO) -> tuple[int, int, int]:
+    counting = _Counting(sessions)
+    for session in counting:
+        file.write(_json_line(session))
+    return counting.sessions, counting.events, counting.sessions
+
+
+def _write_jsonl_rows(examples: Iterable[list[dict[str, Any]]], file: TextIO) -> int:
+    rows = 0
+    for session_rows in examples:
+        file.writelines(_json_line(row) for row in session_rows)
+        rows += len(session_rows)
+    return rows
 
 
 def parquet_schema() -> Any:
@@ -193,14 +245,38 @@ def _pages(sessions: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[
         yield page
 
 
-def _write_parquet(
-    sessions: Iterable[dict[str, Any]], output: Path | str, page_size: int
-) -> tuple[int, int]:
+def _pyarrow() -> tuple[Any, Any]:
     try:
         import pyarrow as pa  # noqa: PLC0415 - an optional extra
         import pyarrow.parquet as pq  # noqa: PLC0415
     except ImportError as exc:
         raise BatchExportError("Parquet needs pyarrow: pip install 'clickstream[parquet]'") from exc
+    return pa, pq
+
+
+def _write_parquet_rows(
+    examples: Iterable[list[dict[str, Any]]], output: Path | str, schema: Any
+) -> int:
+    pa, pq = _pyarrow()
+    rows = 0
+    group: list[dict[str, Any]] = []
+    with pq.ParquetWriter(str(output), schema, compression="zstd") as writer:
+        for session_rows in examples:
+            group.extend(session_rows)
+            if len(group) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                rows += len(group)
+                group = []
+        # An empty file still has its schema: a job reads zero rows, not an error.
+        writer.write_table(pa.Table.from_pylist(group, schema=schema))
+        rows += len(group)
+    return rows
+
+
+def _write_parquet(
+    sessions: Iterable[dict[str, Any]], output: Path | str, page_size: int
+) -> tuple[int, int, int]:
+    pa, pq = _pyarrow()
     schema = parquet_schema()
     count = events = 0
     with pq.ParquetWriter(str(output), schema, compression="zstd") as writer:
@@ -211,4 +287,4 @@ def _write_parquet(
             writer.write_table(pa.Table.from_pylist(rows, schema=schema))
             count += len(rows)
             events += sum(len(row["events"]) for row in rows)
-    return count, events
+    return count, events, count

@@ -189,6 +189,13 @@ class ExportFormat(StrEnum):
     PARQUET = "parquet"
 
 
+class ExportRows(StrEnum):
+    SESSIONS = "sessions"
+    TRAINING = "training"
+    PAIRS = "pairs"
+    TRIPLETS = "triplets"
+
+
 @batch_app.command("export")
 def export(
     batch_id: Annotated[str, typer.Argument(help="A released batch")],
@@ -196,11 +203,29 @@ def export(
         str, typer.Option("--output", "-o", help="File to write (replaced), or - for stdout")
     ],
     export_format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.JSONL,
+    rows: Annotated[
+        ExportRows,
+        typer.Option(
+            help="sessions as stored, or training examples: labelled (session, result) rows, "
+            "(query, positive) pairs, (query, positive, negative) triplets"
+        ),
+    ] = ExportRows.SESSIONS,
+    only_new_clicks: Annotated[
+        bool, typer.Option(help="Training rows: label repeat sessions by their new clicks only")
+    ] = False,
+    skip_irrelevant: Annotated[
+        bool, typer.Option(help="Training rows: leave out sessions irrelevant or without a click")
+    ] = False,
+    negatives: Annotated[
+        int, typer.Option(min=1, help="Triplets: at most this many negatives per positive")
+    ] = 1,
 ) -> None:
-    """Write a released batch's sessions with their events, one row per session, from
-    MongoDB (CLICKSTREAM_MONGODB_URI) in bounded memory. Parquet needs the parquet extra."""
+    """Write a released batch from MongoDB (CLICKSTREAM_MONGODB_URI) in bounded memory: its
+    sessions with their events, one row per session, or training examples (--rows). Parquet
+    needs the parquet extra."""
     from batches.store import BatchStore  # noqa: PLC0415
     from consumers.batch_export import export_batch  # noqa: PLC0415
+    from consumers.training import RowShape, TrainingOptions  # noqa: PLC0415
 
     configure_logging()
     settings = _with_local_run(get_settings())
@@ -208,14 +233,20 @@ def export(
         store = BatchStore.from_settings(settings)
     except ValueError as exc:
         _fail(exc)
+    options = TrainingOptions(only_new_clicks, skip_irrelevant, negatives)
     try:
-        summary = export_batch(store, batch_id, output, export_format.value)
+        summary = export_batch(
+            store, batch_id, output, export_format.value, shape=RowShape(rows), options=options
+        )
     except ClickstreamError as exc:
         _fail(exc)
     finally:
         store.close()
     if output != "-":
-        typer.echo(f"exported: {summary.sessions} sessions, {summary.events} events to {output}")
+        typer.echo(
+            f"exported: {summary.sessions} sessions, {summary.events} events, "
+            f"{summary.rows} rows ({rows.value}) to {output}"
+        )
 
 
 @app.command()
