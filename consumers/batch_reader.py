@@ -18,6 +18,7 @@ from consumers.exceptions import InvalidBatchIdError, ReleaseWaitTimeoutError
 from schemas import AvroCodec, MalformedMessageError, SchemaName, Topics
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Iterator
     from types import TracebackType
 
@@ -88,12 +89,15 @@ class BatchReader:
         self._group_id = group_id
         self._avro = AvroCodec()
 
-    def follow(self, idle_timeout: float | None = None) -> Iterator[ReleasedBatch]:
+    def follow(
+        self, idle_timeout: float | None = None, stop: threading.Event | None = None
+    ) -> Iterator[ReleasedBatch]:
         """Each released batch, once per group, in release order.
 
         A batch counts as done for the group when the caller asks for the next one, so a
         job that dies mid-batch gets that batch again. With ``idle_timeout``, stops after
-        that many seconds without a new batch; otherwise follows forever.
+        that many seconds without a new batch; with ``stop``, within half a second of it
+        being set; otherwise follows forever.
         """
         consumer = Consumer(
             {
@@ -109,7 +113,7 @@ class BatchReader:
         quiet = _QuietPoll(consumer)
         last_message_at = time.monotonic()
         try:
-            while True:
+            while stop is None or not stop.is_set():
                 message = quiet.poll(0.5)
                 if not _has_record(message):
                     if (
@@ -196,8 +200,9 @@ class BatchReader:
         )
 
     @property
-    def _store(self) -> BatchStore:
-        """MongoDB, connected on first use: waiting for a release needs only Kafka."""
+    def store(self) -> BatchStore:
+        """The batches in MongoDB, connected on first use: waiting for a release needs only
+        Kafka."""
         if self._store_ is None:
             self._store_ = BatchStore.from_settings(self._settings)
         return self._store_
@@ -205,7 +210,7 @@ class BatchReader:
     def batch(self, batch_id: str) -> Batch | None:
         """The batch's status and counts; None if there is no such batch."""
         object_id = parse_batch_id(batch_id)
-        return self._store.get(object_id) if object_id else None
+        return self.store.get(object_id) if object_id else None
 
     def sessions(self, batch_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """Every session of the batch with all its events (in the order they arrived), by
@@ -213,7 +218,7 @@ class BatchReader:
         object_id = parse_batch_id(batch_id)
         if object_id is None:
             raise InvalidBatchIdError(f"not a batch id: {batch_id!r}")
-        return self._store.iter_sessions(object_id, page_size)
+        return self.store.iter_sessions(object_id, page_size)
 
     def close(self) -> None:
         if self._store_ is not None:

@@ -1,0 +1,175 @@
+"""Follows the batch topic and exports each released batch once, for a job scheduler.
+
+Each batch goes to a directory of its own, ``<output_dir>/<batch_id>/``: one file per row
+shape asked for (``sessions.parquet``, ``training.parquet``, ...) and ``manifest.json``,
+written last, holding the batch's ids and counts and each file's rows, size and SHA-256. A
+directory is built under a temporary name and renamed when complete, so one either exists
+whole or not at all. A batch is done for the follower's group only once its directory is
+complete: a follower that dies mid-batch exports it again after a restart (its half-built
+directory is discarded), and a batch delivered again whose manifest exists is skipped, so a
+restart neither repeats nor skips one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from consumers.batch_export import export_batch
+from consumers.batch_reader import BatchReader
+from consumers.exceptions import BatchExportError
+from consumers.training import RowShape, TrainingOptions
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from batches.store import BatchStore
+    from clickstream.settings import Settings
+    from consumers.batch_export import ExportFormat
+    from consumers.batch_reader import ReleasedBatch
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_PARTIAL_PREFIX = ".partial-"
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedFile:
+    name: str
+    rows: str
+    """The row shape (``sessions``, ``training``, ``pairs``, ``triplets``)."""
+    row_count: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What ``manifest.json`` of an exported batch holds."""
+
+    batch_id: str
+    release_id: str
+    session_count: int
+    event_count: int
+    repeat_session_count: int
+    requested_at_ms: int
+    released_at_ms: int
+    exported_at_ms: int
+    format: str
+    files: list[ExportedFile] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{**data, "files": [ExportedFile(**f) for f in data["files"]]})
+
+
+class BatchFollower:
+    """Exports every released batch into ``output_dir``, once.
+
+    Args:
+        settings: Kafka, MongoDB and the topic prefix.
+        output_dir: where each batch's directory goes (created if missing).
+        shapes: the files of each batch, one per row shape.
+        export_format: ``jsonl`` or ``parquet``.
+        options: how training rows are chosen.
+        group_id: the follower's consumer group: where it resumes after a restart.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        output_dir: Path,
+        shapes: tuple[RowShape, ...] = (RowShape.SESSIONS,),
+        export_format: ExportFormat = "parquet",
+        options: TrainingOptions | None = None,
+        group_id: str = "batch-follower",
+    ) -> None:
+        if not shapes:
+            raise ValueError("at least one row shape to export")
+        self._settings = settings
+        self._output_dir = output_dir
+        self._shapes = tuple(dict.fromkeys(shapes))
+        self._format: ExportFormat = export_format
+        self._options = options or TrainingOptions()
+        self._group_id = group_id
+
+    def follow(
+        self, stop: threading.Event | None = None, idle_timeout: float | None = None
+    ) -> Iterator[Manifest]:
+        """Export each batch as it is released, yielding its manifest (also for a batch
+        exported before, found complete). Returns when ``stop`` is set (between batches) or
+        after ``idle_timeout`` seconds without a batch."""
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        self._discard_partial()
+        with BatchReader(self._settings, group_id=self._group_id) as reader:
+            for batch in reader.follow(idle_timeout=idle_timeout, stop=stop):
+                yield self._exported(reader.store, batch)
+                if stop is not None and stop.is_set():
+                    return
+
+    def _discard_partial(self) -> None:
+        for partial in self._output_dir.glob(f"{_PARTIAL_PREFIX}*"):
+            logger.info("half-exported batch discarded path=%s", partial)
+            shutil.rmtree(partial)
+
+    def _exported(self, store: BatchStore, batch: ReleasedBatch) -> Manifest:
+        final = self._output_dir / batch.batch_id
+        if (final / MANIFEST).exists():
+            logger.info("batch already exported, skipped batch_id=%s", batch.batch_id)
+            return Manifest.read(final / MANIFEST)
+        partial = self._output_dir / f"{_PARTIAL_PREFIX}{batch.batch_id}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        files = []
+        for shape in self._shapes:
+            name = f"{shape.value}.{self._format}"
+            summary = export_batch(
+                store,
+                batch.batch_id,
+                partial / name,
+                self._format,
+                shape=shape,
+                options=self._options,
+            )
+            if (summary.sessions, summary.events) != (batch.session_count, batch.event_count):
+                raise BatchExportError(
+                    f"batch {batch.batch_id} announced {batch.session_count} sessions and "
+                    f"{batch.event_count} events; MongoDB holds {summary.sessions} and "
+                    f"{summary.events}"
+                )
+            files.append(_described(partial / name, shape, summary.rows))
+        manifest = Manifest(
+            **asdict(batch),
+            exported_at_ms=int(time.time() * 1000),
+            format=self._format,
+            files=files,
+        )
+        (partial / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        if final.exists():  # a directory without its manifest: never completed
+            shutil.rmtree(final)
+        partial.rename(final)
+        logger.info(
+            "batch exported batch_id=%s files=%s dir=%s",
+            batch.batch_id,
+            [f.name for f in files],
+            final,
+        )
+        return manifest
+
+
+def _described(path: Path, shape: RowShape, rows: int) -> ExportedFile:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return ExportedFile(path.name, shape.value, rows, path.stat().st_size, digest.hexdigest())
