@@ -15,7 +15,7 @@ so writing a part again after a crash writes the very same documents.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from schemas import event_item
 
@@ -53,6 +53,9 @@ class BatchSessionDocument(TypedDict):
     search_query: str
     search_results: list[dict[str, Any]]
     search_meta: str | None
+    payload_filter: NotRequired[str | None]
+    """JSON text; absent from sessions released before it existed, like ``sort_by``."""
+    sort_by: NotRequired[dict[str, Any] | None]
     user_id: str | None
     created_at: int
     is_irrelevant: bool
@@ -81,9 +84,9 @@ class SessionCopy:
     """What a partition owner knows of a session it releases into a batch.
 
     ``registration`` holds ``search_query``, ``search_results``, ``search_meta``,
-    ``user_id`` and ``created_at``; ``events`` are the session's first ``event_count``
-    events in order (event fields and ``received_at_ms``); the first ``new_from`` of them
-    were in its previous batch.
+    ``user_id``, ``created_at`` and, when known, ``payload_filter`` and ``sort_by``;
+    ``events`` are the session's first ``event_count`` events in order (event fields and
+    ``received_at_ms``); the first ``new_from`` of them were in its previous batch.
     """
 
     batch_id: ObjectId
@@ -148,6 +151,8 @@ def session_documents(
         "search_query": registration["search_query"],
         "search_results": registration["search_results"],
         "search_meta": registration["search_meta"],
+        "payload_filter": registration.get("payload_filter"),
+        "sort_by": registration.get("sort_by"),
         "user_id": registration["user_id"],
         "created_at": registration["created_at"],
         "is_irrelevant": copy.is_irrelevant,

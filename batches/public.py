@@ -20,6 +20,8 @@ def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict
             for r in doc["search_results"]
         ],
         "search_meta": from_json_text(doc["search_meta"]),
+        "payload_filter": from_json_text(doc.get("payload_filter")),
+        "sort_by": doc.get("sort_by"),
         "user_id": doc["user_id"],
         "created_at": doc["created_at"],
         "is_irrelevant": doc["is_irrelevant"],

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
 from batches.store import RELEASED, BatchStore, parse_batch_id
 from consumers.exceptions import BatchExportError
-from consumers.training import RowShape, TrainingOptions, arrow_schema, shaped_rows
+from consumers.training import (
+    RowShape,
+    TrainingOptions,
+    arrow_schema,
+    shaped_rows,
+    sort_by_type,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -181,6 +187,8 @@ def parquet_schema() -> Any:
                 nullable=False,
             ),
             pa.field("search_meta", pa.string()),
+            pa.field("payload_filter", pa.string()),
+            pa.field("sort_by", sort_by_type()),
             pa.field("user_id", pa.string()),
             pa.field("created_at", pa.int64(), nullable=False),
             pa.field("is_irrelevant", pa.bool_(), nullable=False),
@@ -230,6 +238,7 @@ def _parquet_row(session: dict[str, Any]) -> dict[str, Any]:
             {**result, "meta": _json_text(result["meta"])} for result in session["search_results"]
         ],
         "search_meta": _json_text(session["search_meta"]),
+        "payload_filter": _json_text(session["payload_filter"]),
         "events": [{**event, "meta": _json_text(event["meta"])} for event in session["events"]],
     }
 

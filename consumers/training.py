@@ -103,6 +103,8 @@ def _rows(batch_id: str, session: dict[str, Any], options: TrainingOptions) -> l
                 "user_id": session["user_id"],
                 "query": session["search_query"],
                 "search_meta": _json_text(session["search_meta"]),
+                "payload_filter": _json_text(session["payload_filter"]),
+                "sort_by": session["sort_by"],
                 "object_id": result["object_id"],
                 "object_meta": _json_text(result["meta"]),
                 "position": position,
@@ -179,6 +181,19 @@ def shaped_rows(
         yield rows
 
 
+def sort_by_type() -> Any:
+    """The Arrow type of a session's ``sort_by``."""
+    import pyarrow as pa  # noqa: PLC0415 - an optional extra
+
+    return pa.struct(
+        [
+            pa.field("field", pa.string(), nullable=False),
+            pa.field("order", pa.string(), nullable=False),
+            pa.field("force_not_payload", pa.bool_(), nullable=False),
+        ]
+    )
+
+
 def arrow_schema(shape: RowShape) -> Any:
     """The Arrow schema of rows of a training shape."""
     import pyarrow as pa  # noqa: PLC0415 - an optional extra
@@ -214,6 +229,8 @@ def arrow_schema(shape: RowShape) -> Any:
             pa.field("user_id", pa.string()),
             pa.field("query", pa.string(), nullable=False),
             pa.field("search_meta", pa.string()),
+            pa.field("payload_filter", pa.string()),
+            pa.field("sort_by", sort_by_type()),
             pa.field("object_id", pa.string(), nullable=False),
             pa.field("object_meta", pa.string()),
             pa.field("position", pa.int64(), nullable=False),

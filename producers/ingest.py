@@ -12,7 +12,7 @@ from schemas import SchemaName, to_json_text
 from schemas.records import SessionEvents
 
 if TYPE_CHECKING:
-    from producers.models import EventsIn, SearchResultIn, SessionIn
+    from producers.models import EventsIn, SearchResultIn, SessionIn, SortByIn
     from schemas import AvroCodec, Topics
     from schemas.records import (
         EventItem,
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         SearchResult,
         SessionMarkedIrrelevant,
         SessionRegistered,
+        SortBy,
     )
 
 # A request's events go in one message up to about this many bytes, then in more: one
@@ -35,6 +36,14 @@ def _json_or_none(value: dict[str, Any] | None) -> str | None:
 
 def _result_record(result: SearchResultIn) -> SearchResult:
     return {"object_id": result.object_id, "rank": result.rank, "meta": _json_or_none(result.meta)}
+
+
+def _sort_by(sort_by: SortByIn) -> SortBy:
+    return {
+        "field": sort_by.field,
+        "order": sort_by.order,
+        "force_not_payload": sort_by.force_not_payload,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,8 @@ class IngestMessages:
             "user_id": session.user_id,
             "created_at": created_at,
             "received_at_ms": int(now * 1000),
+            "payload_filter": _json_or_none(session.payload_filter),
+            "sort_by": None if session.sort_by is None else _sort_by(session.sort_by),
         }
 
     def events(self, batch: EventsIn, now: float | None = None) -> list[OutgoingMessage]:

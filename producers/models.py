@@ -12,7 +12,7 @@ import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -149,6 +149,37 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=DEFAULT_LIMITS.ma
 JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
 """Free-form metadata: any JSON object, passed through losslessly."""
 
+
+def _has_query(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value.get("query"), dict):
+        raise ValueError(
+            'must be an object with a "query" object, as '
+            '{"query": {"term": {"field": "brand", "value": "acme"}}}'
+        )
+    return value
+
+
+PayloadFilter = Annotated[
+    Annotated[
+        dict[str, Any],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "properties": {"query": {"type": "object"}},
+                "required": ["query"],
+            }
+        ),
+    ]
+    | None,
+    AfterValidator(_finite_json),
+    AfterValidator(_has_query),
+    Field(
+        description="The filter the search applied, as the original service v1.0.0 takes it "
+        "(`query`: term, terms, match, match_phrase, range, exists, wildcard, any, all, or bool "
+        "with must/should/filter/must_not); kept as sent."
+    ),
+]
+
 Timestamp = Annotated[
     int | None,
     WholeNumber,
@@ -209,6 +240,14 @@ class SearchResultIn(WithMeta):
     rank: float | None = Field(default=None, allow_inf_nan=False)
 
 
+class SortByIn(RequestModel):
+    """How the search sorted the results it showed (the original service's SortByOptions)."""
+
+    field: Id
+    order: Literal["asc", "desc"] = "asc"
+    force_not_payload: bool = Field(default=False, description="The field is not in the payload")
+
+
 class SessionIn(RequestModel):
     """A search session to register: the query and the results shown."""
 
@@ -240,6 +279,8 @@ class SessionIn(RequestModel):
     search_meta: JsonObject = None
     user_id: Id | None = None
     created_at: Timestamp = None
+    payload_filter: PayloadFilter = None
+    sort_by: SortByIn | None = None
 
 
 _EVENT_ID_DOC = "Unique within the session; a repeated id is dropped."
@@ -424,6 +465,12 @@ class SearchResultOut(BaseModel):
     meta: dict[str, Any] | None
 
 
+class SortByOut(BaseModel):
+    field: str
+    order: Literal["asc", "desc"]
+    force_not_payload: bool
+
+
 class SessionOut(BaseModel):
     """A session with its events, as the stream holds it."""
 
@@ -431,6 +478,8 @@ class SessionOut(BaseModel):
     search_query: str
     search_results: list[SearchResultOut]
     search_meta: dict[str, Any] | None
+    payload_filter: dict[str, Any] | None = None
+    sort_by: SortByOut | None = None
     user_id: str | None
     created_at: int
     is_irrelevant: bool

@@ -98,7 +98,9 @@ class AvroCodec:
             raw = json.loads(path.read_text())
             # Its own named types are its own versions of them; the rest are shared.
             own = _defined_names(raw, raw.get("namespace", ""))
-            known = {key: value for key, value in named.items() if key not in own}
+            # Types nested in a message (SearchResult) are known by their parsed messages.
+            shared = {**self.named_types(), **named}
+            known = {key: value for key, value in shared.items() if key not in own}
             writer = parse_schema(raw, named_schemas=known)
             self._by_id[schema_id] = (name, writer, self._by_name[name][1])
 

@@ -9,7 +9,7 @@ A union with ``null`` is ``X | None``; ``long`` and ``int`` are ``int``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,6 +50,12 @@ class SearchResult(TypedDict):
     meta: str | None
 
 
+class SortBy(TypedDict):
+    field: str
+    order: str
+    force_not_payload: bool
+
+
 class SessionRegistered(TypedDict):
     session_id: str
     search_query: str
@@ -58,6 +64,8 @@ class SessionRegistered(TypedDict):
     user_id: str | None
     created_at: int
     received_at_ms: int
+    payload_filter: str | None
+    sort_by: SortBy | None
 
 
 class EventItem(TypedDict):
@@ -195,6 +203,9 @@ class Registration(TypedDict):
     created_at: int
     received_at_ms: int
     offset: int
+    payload_filter: NotRequired[str | None]
+    """Absent from registrations kept before it existed (read them with ``.get``)."""
+    sort_by: NotRequired[SortBy | None]
 
 
 class ReleaseMark(TypedDict):

@@ -434,28 +434,32 @@ class Handlers:
 
 
 _JSON_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    SchemaName.SESSION_REGISTERED: ("search_meta",),
+    SchemaName.SESSION_REGISTERED: ("search_meta", "payload_filter"),
     SchemaName.SESSION_EVENT: ("meta",),
 }
 
 
+def _registration_texts(record: dict[str, Any]) -> list[str | None]:
+    return [
+        record["search_meta"],
+        record["payload_filter"],
+        *(r["meta"] for r in record["search_results"]),
+    ]
+
+
 def _check_json_text(name: str, record: dict[str, Any]) -> None:
-    """``meta`` and ``search_meta`` are JSON text of an object (or null), as the contract
-    says: other producers than the gateway can send anything, and a reader of the batch
-    would fail on it later."""
+    """``meta``, ``search_meta`` and ``payload_filter`` are JSON text of an object (or null),
+    as the contract says: other producers than the gateway can send anything, and a reader
+    of the batch would fail on it later."""
     texts: list[str | None] = []
     if name == SchemaName.SESSION_EVENTS:
         texts = [event["meta"] for event in record["events"]]
     elif name == SchemaName.SESSION_EVENTS_BATCH:
         texts = [e["meta"] for request in record["requests"] for e in request["events"]]
     elif name == SchemaName.SESSION_REGISTERED:
-        texts = [record["search_meta"], *(r["meta"] for r in record["search_results"])]
+        texts = _registration_texts(record)
     elif name == SchemaName.SESSION_REGISTERED_BATCH:
-        texts = [
-            text
-            for request in record["requests"]
-            for text in (request["search_meta"], *(r["meta"] for r in request["search_results"]))
-        ]
+        texts = [text for request in record["requests"] for text in _registration_texts(request)]
     elif name in _JSON_TEXT_FIELDS:
         texts = [record[field] for field in _JSON_TEXT_FIELDS[name]]
     for text in texts:

@@ -46,12 +46,16 @@ PIECE_BYTES = 8 * 1024
 _EVENT_OVERHEAD_BYTES = 48
 # What makes two registrations the same session. created_at and received_at_ms are left
 # out: a client retrying without created_at gets a new server time each time.
-_IdentityField = Literal["search_query", "search_results", "search_meta", "user_id"]
+_IdentityField = Literal[
+    "search_query", "search_results", "search_meta", "user_id", "payload_filter", "sort_by"
+]
 _IDENTITY_FIELDS: tuple[_IdentityField, ...] = (
     "search_query",
     "search_results",
     "search_meta",
     "user_id",
+    "payload_filter",
+    "sort_by",
 )
 # The registration offset of a session brought back from its released copy: before any cut.
 REVIVED_OFFSET = -1
@@ -94,7 +98,7 @@ def register(
     is ``existing``; on NEW, the entry and the registration to write."""
     if existing is not None:
         if existing["offset"] == offset or all(
-            existing[name] == record[name] for name in _IDENTITY_FIELDS
+            existing.get(name) == record[name] for name in _IDENTITY_FIELDS
         ):
             return Registered.DUPLICATE, entry, None
         return Registered.CONFLICT, entry, None
@@ -115,7 +119,8 @@ def register(
 
 def _registration(source: Mapping[str, Any], received_at_ms: int, offset: int) -> Registration:
     """A session's registration as the state keeps it, from a SessionRegistered record or a
-    released copy of the session (both carry these fields)."""
+    released copy of the session (both carry these fields; copies released before
+    ``payload_filter`` and ``sort_by`` existed lack them)."""
     return {
         "search_query": source["search_query"],
         "search_results": source["search_results"],
@@ -124,11 +129,13 @@ def _registration(source: Mapping[str, Any], received_at_ms: int, offset: int) -
         "created_at": source["created_at"],
         "received_at_ms": received_at_ms,
         "offset": offset,
+        "payload_filter": source.get("payload_filter"),
+        "sort_by": source.get("sort_by"),
     }
 
 
 def conflicting_fields(existing: Registration, record: SessionRegistered) -> list[str]:
-    return [name for name in _IDENTITY_FIELDS if existing[name] != record[name]]
+    return [name for name in _IDENTITY_FIELDS if existing.get(name) != record[name]]
 
 
 def stored_event(event: EventItem, received_at_ms: int, offset: int) -> StoredEvent:

@@ -26,6 +26,8 @@ def public_state(
             "search_query": registration["search_query"],
             "search_results": registration["search_results"],
             "search_meta": registration["search_meta"],
+            "payload_filter": registration.get("payload_filter"),
+            "sort_by": registration.get("sort_by"),
             "user_id": registration["user_id"],
             "created_at": registration["created_at"],
             "is_irrelevant": entry["irrelevant_offset"] is not None,

@@ -74,6 +74,7 @@ def parquet_rows(path: Path) -> list[dict[str, Any]]:
     rows = pq.read_table(path).to_pylist()
     for row in rows:
         row["search_meta"] = json.loads(row["search_meta"]) if row["search_meta"] else None
+        row["payload_filter"] = json.loads(row["payload_filter"]) if row["payload_filter"] else None
         for item in [*row["search_results"], *row["events"]]:
             item["meta"] = json.loads(item["meta"]) if item["meta"] else None
     return without_nulls(rows)  # type: ignore[no-any-return]

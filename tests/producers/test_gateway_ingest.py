@@ -75,8 +75,55 @@ def test_optional_session_fields_default(
     assert response.json()["created_at"] == record["created_at"]
     assert record["user_id"] is None
     assert record["search_meta"] is None
+    assert (record["payload_filter"], record["sort_by"]) == (None, None)
     assert record["search_results"] == []
     assert "extra" not in record
+
+
+# What the original service v1.0.0 takes: the filter and the order that decided what was shown.
+PAYLOAD_FILTER = {
+    "query": {
+        "bool": {
+            "must": [{"term": {"field": "brand", "value": "acme"}}],
+            "must_not": [{"range": {"field": "price", "gte": 10**20}}],
+        }
+    }
+}
+
+
+def test_payload_filter_and_sort_by_are_published_as_sent(
+    gateway: TestClient, topics: Topics, published: TopicReader
+) -> None:
+    ordered = session_body(
+        payload_filter=PAYLOAD_FILTER, sort_by={"field": "price", "order": "desc"}
+    )
+    forced = session_body(sort_by={"field": "_score", "force_not_payload": True})
+
+    for body in (ordered, forced):
+        response = gateway.post(SESSION_URL, json=body)
+        assert response.status_code == 200, response.text
+
+    records = {m.record["session_id"]: m.record for m in published.read(topics.sessions)}
+    first, second = records[ordered["session_id"]], records[forced["session_id"]]
+    assert from_json_text(first["payload_filter"]) == PAYLOAD_FILTER  # 10**20 kept exactly
+    assert first["sort_by"] == {"field": "price", "order": "desc", "force_not_payload": False}
+    assert second["payload_filter"] is None
+    assert second["sort_by"] == {"field": "_score", "order": "asc", "force_not_payload": True}
+
+
+def test_a_payload_filter_or_sort_by_the_original_refuses_is_refused(gateway: TestClient) -> None:
+    refusals = {
+        "payload_filter": {"term": {"field": "brand", "value": "acme"}},  # no query
+        "sort_by": {"field": "price", "order": "up"},
+    }
+    for name, value in refusals.items():
+        response = gateway.post(SESSION_URL, json=session_body(**{name: value}))
+
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][:2] == ["body", name]
+    missing_field = gateway.post(SESSION_URL, json=session_body(sort_by={"order": "asc"}))
+    assert missing_field.status_code == 422
+    assert missing_field.json()["detail"][0]["loc"] == ["body", "sort_by", "field"]
 
 
 def test_seed_events_are_published_one_message_each_on_the_session_partition(

@@ -96,3 +96,52 @@ def test_json_text_round_trips_losslessly() -> None:
     assert from_json_text(None) is None
     with pytest.raises(ValueError, match="JSON"):
         to_json_text({"x": float("nan")})
+
+
+def _written_with(path_name: str, schema_id: int, record: dict[str, object]) -> bytes:
+    """A message as a producer of an earlier schema version wrote it."""
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+
+    named: dict[str, object] = {}
+    parse_schema(
+        json.loads((SCHEMA_DIR / "clickstream.SearchResult.avsc").read_text()), named_schemas=named
+    )
+    schema = parse_schema(
+        json.loads((SCHEMA_DIR / "earlier" / path_name).read_text()), named_schemas=named
+    )
+    body = io.BytesIO()
+    schemaless_writer(body, schema, record)
+    return struct.pack(">bI", 0, schema_id) + body.getvalue()
+
+
+def test_registrations_of_version_1_read_as_the_newest(codec: AvroCodec) -> None:
+    old = {
+        "session_id": "s",
+        "search_query": "q",
+        "search_results": [{"object_id": "o", "rank": 0.5, "meta": '{"a":1}'}],
+        "search_meta": None,
+        "user_id": "u",
+        "created_at": 1_700_000_000,
+        "received_at_ms": 1_700_000_000_123,
+    }
+    newest = {**old, "payload_filter": None, "sort_by": None}
+
+    alone = codec.decode(_written_with("clickstream.SessionRegistered@1.avsc", 1, old))
+    grouped = codec.decode(
+        _written_with("clickstream.SessionRegisteredBatch@23.avsc", 23, {"requests": [old, old]})
+    )
+
+    assert (alone.name, alone.record) == ("clickstream.SessionRegistered", newest)
+    assert (grouped.name, grouped.record) == (
+        "clickstream.SessionRegisteredBatch",
+        {"requests": [newest, newest]},
+    )
+    sorted_by = {"field": "price", "order": "desc", "force_not_payload": False}
+    current = {
+        **newest,
+        "payload_filter": '{"query":{"term":{"field":"brand","value":"acme"}}}',
+        "sort_by": sorted_by,
+    }
+    assert codec.decode(codec.encode("clickstream.SessionRegistered", current)).record == current

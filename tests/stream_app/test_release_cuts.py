@@ -163,6 +163,8 @@ def _registration(session_id: str, received_at_ms: int) -> dict[str, Any]:
         "user_id": "u",
         "created_at": 1,
         "received_at_ms": received_at_ms,
+        "payload_filter": None,
+        "sort_by": None,
     }
 
 
@@ -420,6 +422,15 @@ def test_registration_rules() -> None:
     assert join.register(registered, stored, other, 5)[0] is join.Registered.CONFLICT
     assert join.conflicting_fields(stored, other) == ["user_id"]
     assert entry["registered_offset"] is None, "the given entry is left as it was"
+    # What was shown is part of the session: another filter or order is another session.
+    sorted_by = {**record, "sort_by": {"field": "p", "order": "asc", "force_not_payload": False}}
+    assert join.register(registered, stored, sorted_by, 6)[0] is join.Registered.CONFLICT
+    assert join.conflicting_fields(stored, sorted_by) == ["sort_by"]
+    # A registration kept before the two fields existed is the same as one without them.
+    kept_before = {k: v for k, v in stored.items() if k not in ("payload_filter", "sort_by")}
+    assert join.register(registered, cast("Any", kept_before), again, 7)[0] is (
+        join.Registered.DUPLICATE
+    )
 
 
 def test_a_batch_that_never_committed_leaves_the_state_as_it_was() -> None:
