@@ -17,6 +17,8 @@ from tests.utils.pipeline import IRRELEVANT_URL, eventually
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
     from tests.utils.pipeline import Pipeline
 
 
@@ -214,3 +216,48 @@ def test_the_same_batch_exports_to_the_same_bytes(pipeline: Pipeline, tmp_path: 
             for path in paths:
                 export(pipeline, first, path, "--rows", rows, "--format", file_format)
             assert paths[0].read_bytes() == paths[1].read_bytes(), (rows, file_format)
+
+
+def test_the_readme_example_loads_with_hugging_face_datasets(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read before the import: no hub, a cache of the test's own.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets  # noqa: PLC0415 - after the settings above
+
+    session_id = f"s-red-shoes-{new_id()}"
+    titles = {"shoe-1": "Blue sneaker", "shoe-2": "Black boot", "shoe-3": "Red pump"}
+    results = [{"object_id": o, "meta": {"title": t}} for o, t in titles.items()]
+    pipeline.register(
+        session_body(session_id=session_id, search_query="red shoes", search_results=results)
+    )
+    pipeline.add_events(session_id, [event_body(object_id="shoe-3")])
+    pipeline.wait_session(session_id, events=1)
+    released = pipeline.release(new_id())
+    assert released.status_code == 200, released.text
+    path = tmp_path / "triplets.parquet"
+    export(
+        pipeline,
+        released.json()["batch_id"],
+        path,
+        "--rows",
+        "triplets",
+        "--negatives",
+        "2",
+        "--format",
+        "parquet",
+    )
+
+    triplets = datasets.load_dataset(
+        "parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache")
+    )
+
+    assert triplets.select_columns(["query", "positive_id", "negative_id"]).to_list() == [
+        {"query": "red shoes", "positive_id": "shoe-3", "negative_id": "shoe-1"},
+        {"query": "red shoes", "positive_id": "shoe-3", "negative_id": "shoe-2"},
+    ]
+    assert [json.loads(m)["title"] for m in triplets["negative_meta"]] == [
+        "Blue sneaker",
+        "Black boot",
+    ]
