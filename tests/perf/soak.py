@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import tempfile
 import threading
@@ -75,6 +76,8 @@ class Soak:
         self.faults: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self.releases: list[dict[str, Any]] = []
+        # What went wrong besides the faults: a release refused, the worker exiting by itself.
+        self.errors: list[dict[str, Any]] = []
         self.headers: dict[str, str] = {}
 
     def env(self, settings: Settings, **extra: str) -> dict[str, str]:
@@ -146,6 +149,7 @@ class Soak:
         fault_number = 0
         with clients:
             while (now := time.monotonic()) < started + half_speed:
+                self._restart_if_exited(worker, now - started)
                 if now >= next_sample:
                     self._sample(now - started, worker, clients)
                     next_sample += 10
@@ -188,6 +192,7 @@ class Soak:
                 "batches": len(batches),
                 "faults": len(self.faults),
                 "accounting": outcome,
+                "errors": len(self.errors),
                 "worker_rss_mb_first_5_min_max": _max_rss(self.samples, 0, 300),
                 "worker_rss_mb_last_5_min_max": _max_rss(self.samples, self.seconds - 300, 1e9),
                 # How long each worker restart took to be ready (its tables recovered), in
@@ -199,6 +204,7 @@ class Soak:
                 ],
             },
             "last_release": last,
+            "errors": self.errors,
             "faults": self.faults,
             "releases": self.releases,
             "samples": self.samples,
@@ -213,9 +219,22 @@ class Soak:
         logger.info("full speed requests_per_s=%.0f", rate)
         return clients.stop(), rate
 
+    def _restart_if_exited(self, worker: LocalWorker, at: float) -> None:
+        """A worker that exited by itself is started again, as Kubernetes or `clickstream
+        run` would, and the exit is counted against the soak: nothing here asks it to."""
+        code = worker.exit_code()
+        if code is None:
+            return
+        self.errors.append({"at_s": round(at, 1), "worker_exited": code})
+        logger.error("worker exited by itself code=%s log=%s", code, worker.log_file)
+        worker.start(timeout=300)
+
     def _sample(self, at: float, worker: LocalWorker, clients: Clients) -> None:
         pid = worker.pid
-        rss = rss_mb(pid) if pid else None
+        try:
+            rss = rss_mb(pid) if pid else None
+        except RuntimeError:  # exited (a zombie until reaped): counted by _restart_if_exited
+            rss = None
         sample = {
             "at_s": round(at, 1),
             "worker_rss_mb": round(rss, 1) if rss else None,
@@ -266,7 +285,12 @@ class Soak:
                 break
             if answer is not None:
                 if answer.status_code != 503:  # only Kafka or the coordinator away: retry
-                    raise RuntimeError(f"release refused: {answer.status_code} {answer.text}")
+                    self.errors.append(
+                        {"at_s": round(at, 1), "release": answer.status_code, "body": answer.text}
+                    )
+                    logger.error("release refused %s %s", answer.status_code, answer.text)
+                    time.sleep(5)
+                    continue
                 logger.info("release answered 503, retrying")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"release {release_id} never accepted")
@@ -320,8 +344,18 @@ def main() -> None:
     configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
-    with tempfile.TemporaryDirectory(prefix="soak-") as directory:
-        document = Soak(Path(directory)).run()
+    # Kept when anything went wrong: every server's log is in it.
+    directory = Path(tempfile.mkdtemp(prefix="soak-"))
+    try:
+        document = Soak(directory).run()
+    except BaseException:
+        logger.exception("soak failed; servers' logs kept in %s", directory)
+        raise
+    failed = document["results"]["accounting"].startswith("FAILED") or document["errors"]
+    if failed:
+        logger.error("soak failed; servers' logs kept in %s", directory)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
     document["measured_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     document["machine"] = machine()
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
@@ -331,7 +365,7 @@ def main() -> None:
         _, tail = rest.split(END, 1)
         README.write_text(f"{head}{START}\n{table(document)}\n{END}{tail}")
     print(table(document))  # noqa: T201 - the command's output
-    if document["results"]["accounting"].startswith("FAILED"):
+    if failed:
         raise SystemExit(1)
 
 
