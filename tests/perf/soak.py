@@ -76,8 +76,11 @@ class Soak:
         self.faults: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self.releases: list[dict[str, Any]] = []
-        # What went wrong besides the faults: a release refused, the worker exiting by itself.
+        # What went wrong besides the faults: a release refused.
         self.errors: list[dict[str, Any]] = []
+        # The worker exiting by itself (its watchdog stops it when a librdkafka call hangs
+        # past its timeout, for a supervisor to start it again).
+        self.worker_exits: list[dict[str, Any]] = []
         self.headers: dict[str, str] = {}
 
     def env(self, settings: Settings, **extra: str) -> dict[str, str]:
@@ -193,6 +196,7 @@ class Soak:
                 "faults": len(self.faults),
                 "accounting": outcome,
                 "errors": len(self.errors),
+                "worker_exits": len(self.worker_exits),
                 "worker_rss_mb_first_5_min_max": _max_rss(self.samples, 0, 300),
                 "worker_rss_mb_last_5_min_max": _max_rss(self.samples, self.seconds - 300, 1e9),
                 # How long each worker restart took to be ready (its tables recovered), in
@@ -205,6 +209,7 @@ class Soak:
             },
             "last_release": last,
             "errors": self.errors,
+            "worker_exits": self.worker_exits,
             "faults": self.faults,
             "releases": self.releases,
             "samples": self.samples,
@@ -221,13 +226,16 @@ class Soak:
 
     def _restart_if_exited(self, worker: LocalWorker, at: float) -> None:
         """A worker that exited by itself is started again, as Kubernetes or `clickstream
-        run` would, and the exit is counted against the soak: nothing here asks it to."""
+        run` would; the exit is reported (nothing here asked for it)."""
         code = worker.exit_code()
         if code is None:
             return
-        self.errors.append({"at_s": round(at, 1), "worker_exited": code})
         logger.error("worker exited by itself code=%s log=%s", code, worker.log_file)
+        began = time.monotonic()
         worker.start(timeout=300)
+        self.worker_exits.append(
+            {"at_s": round(at, 1), "code": code, "restart_s": round(time.monotonic() - began, 1)}
+        )
 
     def _sample(self, at: float, worker: LocalWorker, clients: Clients) -> None:
         pid = worker.pid
