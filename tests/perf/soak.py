@@ -360,8 +360,8 @@ def main() -> None:
         logger.exception("soak failed; servers' logs kept in %s", directory)
         raise
     failed = document["results"]["accounting"].startswith("FAILED") or document["errors"]
-    if failed:
-        logger.error("soak failed; servers' logs kept in %s", directory)
+    if failed or document["worker_exits"]:
+        logger.error("servers' logs kept in %s", directory)
     else:
         shutil.rmtree(directory, ignore_errors=True)
     document["measured_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
