@@ -19,3 +19,8 @@ class InvalidBatchIdError(ConsumerError, ValueError):
 
 class ReleaseWaitTimeoutError(ConsumerError, TimeoutError):
     """No answer to the release on the batch topic in time; the release goes on."""
+
+
+class DeadLetterError(ConsumerError):
+    """The dead-letter topic cannot be read, a letter id is malformed, or a replay was not
+    acknowledged."""

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+from datetime import UTC, datetime  # noqa: TC003 - typer reads the annotations
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 - typer reads the annotations
 from typing import Annotated, Any
@@ -299,6 +300,90 @@ def follow(
 
 # The command's name as the issue tracker and older notes spell it.
 app.add_typer(batch_app, name="batches", hidden=True)
+
+
+dead_letters_app = typer.Typer(
+    no_args_is_help=True,
+    help="Read the dead-letter topic and send its messages again (CLICKSTREAM_KAFKA_*).",
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+ReasonOption = Annotated[
+    str | None,
+    typer.Option("--reason", help="Only letters of this reason, e.g. orphan_event_expired"),
+]
+SinceOption = Annotated[
+    datetime | None,
+    typer.Option("--since", help="Only letters written at or after this time (UTC if no zone)"),
+]
+
+
+def _since_ms(since: datetime | None) -> int | None:
+    if since is None:
+        return None
+    aware = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    return int(aware.timestamp() * 1000)
+
+
+def _dead_letters() -> Any:
+    from consumers.dead_letters import DeadLetters  # noqa: PLC0415 - keeps other commands light
+
+    configure_logging()
+    return DeadLetters(_with_local_run(get_settings()))
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(reason: ReasonOption = None, since: SinceOption = None) -> None:
+    """Print each letter, a JSON object per line: id, reason, detail, session, source."""
+    try:
+        for letter in _dead_letters().letters(reason, _since_ms(since)):
+            typer.echo(json.dumps(letter.public(), ensure_ascii=False))
+    except ClickstreamError as exc:
+        _fail(exc)
+
+
+@dead_letters_app.command("show")
+def dead_letters_show(
+    letter_id: Annotated[str, typer.Argument(help="partition:offset, as list prints it")],
+) -> None:
+    """Print one letter with its original message decoded."""
+    from schemas import AvroCodec  # noqa: PLC0415
+
+    try:
+        letter = _dead_letters().get(letter_id)
+    except ClickstreamError as exc:
+        _fail(exc)
+    if letter is None:
+        _fail(LookupError(f"no letter {letter_id}"))
+    typer.echo(json.dumps(letter.public(AvroCodec()), indent=2, ensure_ascii=False))
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    letter_ids: Annotated[
+        list[str] | None, typer.Argument(help="Letters to replay; default: every one chosen")
+    ] = None,
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would be sent, send nothing")] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to watch for letters refused again")
+    ] = 10.0,
+) -> None:
+    """Publish the chosen letters' messages again to where they came from (clicks are
+    de-duplicated by event_id: a replay never doubles one); print what was sent, skipped
+    and refused again."""
+    letters = _dead_letters()
+    try:
+        chosen = [
+            letter
+            for letter in letters.letters(reason, _since_ms(since))
+            if not letter_ids or letter.id in letter_ids
+        ]
+        report = letters.replay(chosen, dry_run=dry_run, wait_seconds=wait)
+    except ClickstreamError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(report.public(), indent=2, ensure_ascii=False))
 
 
 @app.command()
