@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     without one does not start (``clickstream run`` makes its own)."""
     control_max_clock_skew_seconds: float = Field(default=3600.0, gt=0)
     """A release marker further ahead of the worker's clock is refused."""
+    user_id_key: SecretStr | None = None
+    """With it, producers publish ``HMAC-SHA256(key, user_id)`` (hex) in place of every
+    ``user_id``: the raw id is stored nowhere. Off when unset. A new key gives every user a new
+    pseudonym from then on (sessions before keep the old one): rotate at a batch boundary and
+    keep the old key while its sessions may still be looked up."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Browser origins allowed to call the public endpoints; none by default."""
 

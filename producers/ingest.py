@@ -7,13 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clickstream.pseudonyms import pseudonym
 from producers.publisher import OutgoingMessage
-from schemas import SchemaName, to_json_text
+from schemas import SchemaName, Topics, to_json_text
 from schemas.records import SessionEvents
 
 if TYPE_CHECKING:
+    from clickstream.settings import Settings
     from producers.models import EventsIn, SearchResultIn, SessionIn, SortByIn
-    from schemas import AvroCodec, Topics
+    from schemas import AvroCodec
     from schemas.records import (
         EventItem,
         ReleaseRequested,
@@ -60,11 +62,22 @@ class IngestMessages:
     Args:
         codec: the shared Avro codec.
         topics: the deployment's topic names.
+        user_id_key: ``CLICKSTREAM_USER_ID_KEY``: user ids are published as their pseudonym.
     """
 
-    def __init__(self, codec: AvroCodec, topics: Topics) -> None:
+    def __init__(self, codec: AvroCodec, topics: Topics, user_id_key: bytes | None = None) -> None:
         self._codec = codec
         self._topics = topics
+        self._user_id_key = user_id_key
+
+    @classmethod
+    def from_settings(cls, codec: AvroCodec, settings: Settings) -> IngestMessages:
+        key = settings.user_id_key
+        return cls(
+            codec,
+            Topics(settings.topic_prefix),
+            key.get_secret_value().encode() if key is not None else None,
+        )
 
     def session(self, session: SessionIn, now: float | None = None) -> PreparedSession:
         """The SessionRegistered message; ``created_at`` defaults to ``now`` (UTC seconds)."""
@@ -85,7 +98,11 @@ class IngestMessages:
             "search_query": session.search_query,
             "search_results": [_result_record(result) for result in session.search_results],
             "search_meta": _json_or_none(session.search_meta),
-            "user_id": session.user_id,
+            "user_id": (
+                pseudonym(self._user_id_key, session.user_id)
+                if self._user_id_key is not None and session.user_id is not None
+                else session.user_id
+            ),
             "created_at": created_at,
             "received_at_ms": int(now * 1000),
             "payload_filter": _json_or_none(session.payload_filter),

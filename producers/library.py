@@ -27,7 +27,7 @@ from producers.models import (
     request_models,
 )
 from producers.publisher import KafkaPublisher, OutgoingMessage
-from schemas import AvroCodec, Topics
+from schemas import AvroCodec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -58,7 +58,7 @@ class ClickstreamProducer:
         settings = settings or get_settings()
         # The limits of these settings, not of the environment at import.
         self._models = request_models(Limits.from_settings(settings))
-        self._messages = IngestMessages(AvroCodec(), Topics(settings.topic_prefix))
+        self._messages = IngestMessages.from_settings(AvroCodec(), settings)
         self._publisher = KafkaPublisher(
             settings.kafka_producer_config(), settings.publish_timeout_seconds
         )

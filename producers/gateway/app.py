@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             models=models,
             topics=topics,
-            messages=IngestMessages(codec, topics),
+            messages=IngestMessages.from_settings(codec, settings),
             publisher=publisher,
             grouping=GroupingPublisher(
                 publisher, codec, topics, _partitions_to_group(publisher, topics, settings)

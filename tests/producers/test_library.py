@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from producers.exceptions import InvalidInputError
 from producers.gateway import create_app
@@ -105,3 +108,30 @@ async def test_library_async_methods_publish(
     assert added.accepted == 1
     assert published.count(topics.sessions) == 1
     assert published.count(topics.events) == 1
+
+
+def test_with_a_user_id_key_no_raw_user_id_is_published(
+    settings: Settings, topics: Topics, published: TopicReader
+) -> None:
+    keyed = settings.model_copy(update={"user_id_key": SecretStr("a key of the operator's")})
+    raw = session_body(user_id="alice@example.com")
+    again = session_body(user_id="alice@example.com")
+    anonymous = session_body(user_id=None)
+
+    with TestClient(create_app(keyed)) as gateway:
+        for body in (raw, anonymous):
+            assert gateway.post("/api/v1/clickstream/session", json=body).status_code == 200
+    with ClickstreamProducer(keyed) as producer:
+        producer.register_session(again)
+    with ClickstreamProducer(settings) as producer:  # no key: as given
+        producer.register_session(session_body(user_id="bob"))
+
+    records = {m.record["session_id"]: m for m in published.read(topics.sessions)}
+    expected = hmac.new(
+        b"a key of the operator's", b"alice@example.com", hashlib.sha256
+    ).hexdigest()
+    assert records[raw["session_id"]].record["user_id"] == expected
+    assert records[again["session_id"]].record["user_id"] == expected, "the same user, grouped"
+    assert records[anonymous["session_id"]].record["user_id"] is None
+    assert all(b"alice" not in message.raw for message in records.values())
+    assert b"bob" in next(m.raw for m in records.values() if m.record["user_id"] == "bob")
