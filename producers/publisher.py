@@ -294,7 +294,9 @@ class KafkaPublisher:
         return [topic for topic in topics if topic not in metadata.topics]
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (up to ``timeout``), then stop the delivery thread."""
+        """Deliver what is queued (up to ``timeout``), stop the delivery thread and close the
+        producer's connections (left open, librdkafka would log their end when the broker
+        stops)."""
         self._stopping.set()
         self._poller.join()
         producer = self._generation.producer
@@ -303,6 +305,7 @@ class KafkaPublisher:
             logger.warning("producer closed with undelivered messages count=%s", remaining)
             producer.purge(in_queue=True, in_flight=True, blocking=False)
             producer.poll(0)
+        producer.close()
 
 
 def _retire(producer: Producer) -> None:

@@ -70,8 +70,8 @@ class Run:
     def server_pids(self) -> list[int]:
         return [int(p.read_text()) for p in self.data_dir.glob("*.pid")]
 
-    def terminate(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
+    def terminate(self, signum: int = signal.SIGTERM) -> str:
+        self.process.send_signal(signum)
         output, _ = self.process.communicate(timeout=60)
         return output
 
@@ -121,7 +121,7 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
             check=False,
         )
     finally:
-        output = run.terminate()
+        output = run.terminate(signal.SIGINT)  # Ctrl-C
 
     assert registered.status_code == 200
     assert unauthorized.status_code == 401
@@ -134,6 +134,10 @@ def test_run_serves_the_seed_calls_stops_everything_and_keeps_data(
     [row] = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [e["event_id"] for e in row["events"]] == [e["event_id"] for e in events["events"]]
     assert run.process.returncode == 0, output
+    stopping = output[output.index("draining signal=SIGINT") :]
+    assert not [line for line in stopping.splitlines() if "rdkafka" in line or " ERROR " in line], (
+        "Ctrl-C leaves no error lines"
+    )
     assert len(pids) == 3, "a broker, a mongod and a stream worker"
     # The worker yields the cores to the gateway and the servers it waits on.
     assert sorted(niceness.values()) == [0, 0, Settings().local_worker_nice], niceness
