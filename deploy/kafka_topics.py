@@ -1,7 +1,7 @@
 """Creating the pipeline's topics, before any producer or worker uses them.
 
-Faust requires source topics to exist, with as many partitions as its tables, before a
-worker starts; so topics are created up front, never auto-created.
+A session's messages must share a partition number on the sessions and events topics, so
+topics are created up front with the partitions the settings say, never auto-created.
 """
 
 from __future__ import annotations
@@ -32,21 +32,35 @@ def min_insync_replicas(replication_factor: int) -> int:
     return max(1, replication_factor - 1)
 
 
+def topic_config(topics: Topics, name: str, replication_factor: int) -> dict[str, str]:
+    """The configuration a topic of the pipeline is created with.
+
+    The batch topic is kept for ever (``retention.ms=-1``): it is the record of every
+    release, where a repeated release finds its answer and a new fine-tuning group reads
+    every batch from the first; it holds two small messages per release.
+    """
+    config = {"min.insync.replicas": str(min_insync_replicas(replication_factor))}
+    if name == topics.batches:
+        config["retention.ms"] = "-1"
+    return config
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create every topic of the deployment that is missing; return the names created.
 
-    Topics are created with ``min.insync.replicas`` set by :func:`min_insync_replicas`.
+    Topics are created with the configuration of :func:`topic_config`; an existing one
+    keeps its own.
     Existing topics are checked: a partition count other than ``topic_partitions`` is an
     error, since a session's messages would no longer share a partition number.
     """
     admin = AdminClient(settings.kafka_common_config())
-    wanted = Topics(settings.topic_prefix).layout(settings.topic_partitions)
+    topics = Topics(settings.topic_prefix)
+    wanted = topics.layout(settings.topic_partitions)
     existing = admin.list_topics(timeout=timeout).topics
     created = []
     replication = settings.topic_replication_factor
-    config = {"min.insync.replicas": str(min_insync_replicas(replication))}
     new_topics = [
-        NewTopic(name, partitions, replication, config=config)
+        NewTopic(name, partitions, replication, config=topic_config(topics, name, replication))
         for name, partitions in wanted.items()
         if name not in existing
     ]

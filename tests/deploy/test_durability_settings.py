@@ -25,12 +25,16 @@ def test_topics_are_created_with_min_insync_replicas(settings: Settings) -> None
     names = Topics(settings.topic_prefix).layout(settings.topic_partitions)
     resources = [ConfigResource("topic", name) for name in names]
 
-    configs = {
-        resource.name: future.result(30)["min.insync.replicas"].value
+    described = {
+        resource.name: future.result(30)
         for resource, future in admin.describe_configs(resources).items()
     }
 
-    assert configs == dict.fromkeys(names, "1")
+    assert {n: c["min.insync.replicas"].value for n, c in described.items()} == dict.fromkeys(
+        names, "1"
+    )
+    batches = Topics(settings.topic_prefix).batches
+    assert described[batches]["retention.ms"].value == "-1", "the record of every release"
     assert [min_insync_replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 4]
 
 

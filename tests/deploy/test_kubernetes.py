@@ -16,6 +16,7 @@ import pytest
 from kubernetes_validate.utils import ValidationError
 
 from clickstream.settings import Settings
+from deploy.kafka_topics import topic_config
 from schemas import Topics
 from stream_app.web import READY_PATH
 from tests.deploy.kustomize import render
@@ -161,9 +162,11 @@ def test_strimzi_topics_are_the_pipelines_and_replicated(rendered: Resources) ->
     expected = names.layout(partitions)
     topics = {r["spec"]["topicName"]: r["spec"] for r in rendered if r["kind"] == "KafkaTopic"}
     assert {name: spec["partitions"] for name, spec in topics.items()} == expected
-    for spec in topics.values():
+    for name, spec in topics.items():
         assert spec["replicas"] == 3
-        assert spec["config"]["min.insync.replicas"] == 2
+        # As the pipeline creates its topics where nothing else does.
+        wanted = topic_config(names, name, spec["replicas"])
+        assert {key: str(value) for key, value in spec["config"].items()} == wanted
     kafka = one(rendered, "Kafka", "clickstream")["spec"]["kafka"]
     assert kafka["config"]["min.insync.replicas"] == 2
     assert kafka["config"]["default.replication.factor"] == 3
