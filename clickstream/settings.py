@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +13,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_WORKER_PORT = 6066
+
+
+# What deploy files and docs put where a secret goes.
+_PLACEHOLDER = re.compile(r"replace[-_ ]?(with|me)|change[-_ ]?me|<[^>]*>", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -202,6 +207,20 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("internal_tokens", "ingest_keys", "control_secret", "user_id_key")
+    @classmethod
+    def _no_placeholder(cls, value: object) -> object:
+        """The deploy files' examples (``replace-with-a-random-token``) are refused, so a
+        deployment never runs on a secret that is in git."""
+        values = value if isinstance(value, list) else [value]
+        for secret in values:
+            if isinstance(secret, SecretStr) and _PLACEHOLDER.search(secret.get_secret_value()):
+                raise ValueError(
+                    "a placeholder, not a secret: set a random value, e.g. "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
         return value
 
     def kafka_common_config(self, bootstrap: str | None = None) -> dict[str, Any]:

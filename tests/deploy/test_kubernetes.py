@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import ValidationError
+from pydantic import ValidationError as SettingsError
 
 from clickstream.settings import Settings
 from deploy.kafka_topics import topic_config
@@ -109,6 +111,11 @@ def test_every_clickstream_variable_is_a_valid_setting(
             for variable in clickstream:
                 value = env[variable].replace("$(KAFKA_PASSWORD)", "secret")
                 patched.setenv(variable, value.replace("$(POD_NAME)", "clickstream-worker-0"))
+            # The committed secrets are placeholders: refused at start until replaced.
+            with pytest.raises(SettingsError, match="a placeholder, not a secret"):
+                Settings()
+            for variable in ("CLICKSTREAM_INTERNAL_TOKENS", "CLICKSTREAM_CONTROL_SECRET"):
+                patched.setenv(variable, secrets.token_urlsafe(32))
             settings = Settings()
         assert settings.kafka_bootstrap
         assert settings.mongodb_url
