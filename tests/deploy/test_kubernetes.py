@@ -132,6 +132,10 @@ def test_gateway_probes_drain_resources_and_scaling(rendered: Resources) -> None
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/health"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert gateway["lifecycle"]["preStop"]
+    # One process per pod, everywhere: its drain is the documented one.
+    assert "CLICKSTREAM_HTTP_WORKERS" not in settings_of(
+        rendered, "Deployment", "clickstream-gateway"
+    )
     assert {"requests", "limits"} <= set(gateway["resources"])
     hpa = one(rendered, "HorizontalPodAutoscaler", "clickstream-gateway")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "clickstream-gateway"
