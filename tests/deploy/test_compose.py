@@ -8,12 +8,14 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from clickstream.settings import Settings
 
@@ -50,6 +52,11 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {key: str(value) for key, value in (service.get("environment") or {}).items()}
 
 
+def interpolated(value: str, shell: dict[str, str]) -> str:
+    """``value`` as compose fills it from the shell's variables (``${NAME:-default}``)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: shell.get(m.group(1)) or m.group(2), value)
+
+
 def test_the_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
     validator = jsonschema.Draft7Validator(compose_spec_schema())
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
@@ -84,6 +91,10 @@ def test_every_clickstream_variable_is_a_setting(
     for name, service in services.items():
         unknown = {key for key in environment(service) if key.startswith("CLICKSTREAM_")} - known
         assert not unknown, f"{name}: {unknown}"
+    shell = {
+        "CLICKSTREAM_INTERNAL_TOKENS": secrets.token_urlsafe(32),
+        "CLICKSTREAM_CONTROL_SECRET": secrets.token_urlsafe(32),
+    }
     for name in ("gateway-1", "gateway-2", "worker-1", "worker-2", "topics"):
         # The settings validate (types, bounds) as the process reads them.
         with monkeypatch.context() as patched:
@@ -91,7 +102,13 @@ def test_every_clickstream_variable_is_a_setting(
                 patched.delenv(variable)
             for variable, value in environment(services[name]).items():
                 if variable.startswith("CLICKSTREAM_"):
-                    patched.setenv(variable, value)
+                    patched.setenv(variable, interpolated(value, {}))
+            # Without the secrets in the shell: refused at start, saying how to make them.
+            with pytest.raises(ValidationError, match="a placeholder, not a secret"):
+                Settings()
+            for variable, value in environment(services[name]).items():
+                if variable.startswith("CLICKSTREAM_"):
+                    patched.setenv(variable, interpolated(value, shell))
             settings = Settings()
         assert settings.kafka_bootstrap == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
         assert settings.topic_replication_factor == 3
@@ -169,3 +186,14 @@ def test_prometheus_scrapes_every_gateway_and_worker(services: dict[str, dict[st
         elif name.startswith("worker-"):
             expected.add(f"{name}:{env['CLICKSTREAM_WORKER_WEB_PORT']}")
     assert targets == expected
+
+
+def test_ports_are_on_loopback_and_memory_is_bounded(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert service.get("mem_limit"), f"{name} has no memory limit"
+        for port in service.get("ports", []):
+            assert interpolated(port, {}).startswith("127.0.0.1:"), f"{name}: {port}"
+            everywhere = {"CLICKSTREAM_PUBLISH_ADDRESS": "0.0.0.0"}  # noqa: S104 - asked for
+            assert interpolated(port, everywhere).startswith(
+                everywhere["CLICKSTREAM_PUBLISH_ADDRESS"]
+            )
