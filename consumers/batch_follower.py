@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from consumers.batch_export import export_batch
-from consumers.batch_reader import BatchReader
+from consumers.batch_reader import BatchReader, ReleasedBatch
 from consumers.exceptions import BatchExportError
 from consumers.training import RowShape, TrainingOptions
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from batches.store import BatchStore
     from clickstream.settings import Settings
     from consumers.batch_export import ExportFormat
-    from consumers.batch_reader import ReleasedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +52,12 @@ class ExportedFile:
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
-    """What ``manifest.json`` of an exported batch holds."""
+class Manifest(ReleasedBatch):
+    """What ``manifest.json`` of an exported batch holds: the batch's announcement, and what
+    was written of it."""
 
-    batch_id: str
-    release_id: str
-    session_count: int
-    event_count: int
-    repeat_session_count: int
-    requested_at_ms: int
-    released_at_ms: int
-    exported_at_ms: int
-    format: str
+    exported_at_ms: int = 0
+    format: str = ""
     files: list[ExportedFile] = field(default_factory=list)
 
     @classmethod
