@@ -2,8 +2,8 @@
 fixed (a session registered late, a producer mended).
 
 A letter is named by where it is on the dead-letter topic, ``<partition>:<offset>``. A replay
-publishes each letter's original message, byte for byte, to the topic it came from, keyed by
-its session as every producer keys it. It never doubles a click: the stream drops an event
+publishes each letter's original message, byte for byte, to the topic and partition it came
+from, keyed by its session. It never doubles a click: the stream drops an event
 whose ``event_id`` its session already holds, and an identical registration. Only what
 clients send is replayed (the sessions and events topics); the pipeline's own control
 messages are not (ask for a release again instead). What the stream refuses again comes back
@@ -122,6 +122,9 @@ class DeadLetters:
             partition, offset = (int(part) for part in letter_id.split(":"))
         except ValueError:
             raise DeadLetterError(f"not a letter id (partition:offset): {letter_id!r}") from None
+        low, high = self._watermarks().get(partition, (0, 0))
+        if not low <= offset < high:  # past the end, or expired by the topic's retention
+            return None
         for letter in self._read({partition: offset}, stop_after=1):
             return letter if letter.id == letter_id else None
         return None
@@ -151,16 +154,7 @@ class DeadLetters:
         return ReplayReport([letter.id for letter in chosen], skipped, refused)
 
     def _publish(self, letters: list[Letter]) -> None:
-        # As every producer of the pipeline: Java's partitioner, so a session's messages
-        # go to its partition; acks=all and idempotence.
-        producer = Producer(
-            {
-                **self._config,
-                "partitioner": "murmur2_random",
-                "enable.idempotence": True,
-                "acks": "all",
-            }
-        )
+        producer = Producer({**self._config, "enable.idempotence": True, "acks": "all"})
         errors: list[str] = []
 
         def delivered(err: Any, _message: Any) -> None:
@@ -169,7 +163,15 @@ class DeadLetters:
 
         for letter in letters:
             key = letter.session_id.encode() if letter.session_id else None
-            producer.produce(letter.source_topic, letter.value, key, on_delivery=delivered)
+            # To the partition it came from: a gateway's grouped message has no key, and a
+            # session's partition never changes (the topics' partition count is fixed).
+            producer.produce(
+                letter.source_topic,
+                letter.value,
+                key,
+                partition=letter.source_partition,
+                on_delivery=delivered,
+            )
         if producer.flush(_READ_TIMEOUT_SECONDS) or errors:
             raise DeadLetterError(f"not every message was acknowledged: {errors or 'timed out'}")
 
@@ -184,7 +186,8 @@ class DeadLetters:
             }
         )
 
-    def _end_offsets(self) -> dict[int, int]:
+    def _watermarks(self) -> dict[int, tuple[int, int]]:
+        """Each partition's first and next offsets."""
         topic = self._topics.dead_letter
         consumer = self._consumer()
         try:
@@ -192,13 +195,16 @@ class DeadLetters:
             if metadata.error is not None:
                 raise DeadLetterError(f"{topic}: {metadata.error}")
             return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
                 for p in metadata.partitions
             }
         except KafkaException as exc:
             raise DeadLetterError(f"{topic} cannot be read: {exc}") from exc
         finally:
             consumer.close()
+
+    def _end_offsets(self) -> dict[int, int]:
+        return {p: high for p, (_, high) in self._watermarks().items()}
 
     def _start_offsets(self) -> dict[int, int]:
         return dict.fromkeys(self._end_offsets(), OFFSET_BEGINNING)
