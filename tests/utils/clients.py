@@ -73,7 +73,7 @@ class Clients:
     ) -> None:
         # A gateway's URL (each client thread opens connections of its own), or a client to
         # share, such as the in-process gateway's TestClient.
-        self._target = target.rstrip("/") if isinstance(target, str) else target
+        self._target: str | httpx.Client = target.rstrip("/") if isinstance(target, str) else target
         self.acknowledged = Acknowledged()
         self._count = count
         self._events_per_request = events_per_request
@@ -119,7 +119,8 @@ class Clients:
 
     def _run(self) -> None:
         try:
-            if isinstance(self._target, httpx.Client):
+            # A TestClient is an httpx.Client, or an httpx2.Client where httpx2 is installed.
+            if not isinstance(self._target, str):
                 self._sessions(self._target)
                 return
             with httpx.Client(base_url=self._target, timeout=30, headers=self._headers) as http:
