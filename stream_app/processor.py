@@ -242,7 +242,7 @@ class Processor:
                     return
                 self._after_large_batch()
                 batch = self._open[partition] = _Open(dict(positions), time.monotonic())
-                out, kinds = batch.out, batch.kinds
+                positions, out, kinds = batch.positions, batch.out, batch.kinds
 
     def _commit(self, state: PartitionState, batch: _Open) -> bool:
         """Commit a partition's batch; False if it failed (dropped, the partition rewound)."""
