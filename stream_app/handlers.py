@@ -433,8 +433,8 @@ class Handlers:
         )
 
 
+# Records of one event; registrations and batches are listed by the branches below.
 _JSON_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    SchemaName.SESSION_REGISTERED: ("search_meta", "payload_filter"),
     SchemaName.SESSION_EVENT: ("meta",),
 }
 
