@@ -110,7 +110,8 @@ class DeadLetters:
 
     def letters(self, reason: str | None = None, since_ms: int | None = None) -> Iterator[Letter]:
         """Every letter on the topic now, oldest first per partition, filtered."""
-        for letter in self._read(self._start_offsets()):
+        ends = self._end_offsets()
+        for letter in self._read(dict.fromkeys(ends, OFFSET_BEGINNING), ends):
             if reason is not None and letter.reason != reason:
                 continue
             if since_ms is not None and letter.dead_lettered_at_ms < since_ms:
@@ -125,7 +126,7 @@ class DeadLetters:
         low, high = self._watermarks().get(partition, (0, 0))
         if not low <= offset < high:  # past the end, or expired by the topic's retention
             return None
-        for letter in self._read({partition: offset}, stop_after=1):
+        for letter in self._read({partition: offset}, {partition: high}, stop_after=1):
             return letter if letter.id == letter_id else None
         return None
 
@@ -206,12 +207,11 @@ class DeadLetters:
     def _end_offsets(self) -> dict[int, int]:
         return {p: high for p, (_, high) in self._watermarks().items()}
 
-    def _start_offsets(self) -> dict[int, int]:
-        return dict.fromkeys(self._end_offsets(), OFFSET_BEGINNING)
-
-    def _read(self, starts: dict[int, int], stop_after: int | None = None) -> Iterator[Letter]:
-        """The letters from ``starts`` up to the end offsets at the time of the call."""
-        ends = {p: end for p, end in self._end_offsets().items() if p in starts and end > 0}
+    def _read(
+        self, starts: dict[int, int], ends: dict[int, int], stop_after: int | None = None
+    ) -> Iterator[Letter]:
+        """The letters of each partition of ``starts`` from there up to its end in ``ends``."""
+        ends = {p: end for p, end in ends.items() if p in starts and end > 0}
         if not ends:
             return
         topic = self._topics.dead_letter
