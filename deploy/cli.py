@@ -20,6 +20,7 @@ from clickstream.credentials import internal_auth_headers
 from clickstream.exceptions import ClickstreamError
 from clickstream.log import configure_logging
 from clickstream.settings import Settings, get_settings
+from consumers.training import RowShape
 
 app = typer.Typer(
     help="Clickstream ingestion: HTTP -> Kafka -> stream tables -> MongoDB batches.",
@@ -193,11 +194,20 @@ class ExportFormat(StrEnum):
     PARQUET = "parquet"
 
 
-class ExportRows(StrEnum):
-    SESSIONS = "sessions"
-    TRAINING = "training"
-    PAIRS = "pairs"
-    TRIPLETS = "triplets"
+# How training rows are chosen, for export and follow alike.
+OnlyNewClicks = Annotated[
+    bool,
+    typer.Option(
+        help="Training rows: leave out repeat sessions without a new click, and positives "
+        "whose clicks are all old"
+    ),
+]
+SkipIrrelevant = Annotated[
+    bool, typer.Option(help="Training rows: leave out sessions irrelevant or without a click")
+]
+Negatives = Annotated[
+    int, typer.Option(min=1, help="Triplets: at most this many negatives per positive")
+]
 
 
 @batch_app.command("export")
@@ -208,28 +218,22 @@ def export(
     ],
     export_format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.JSONL,
     rows: Annotated[
-        ExportRows,
+        RowShape,
         typer.Option(
             help="sessions as stored, or training examples: labelled (session, result) rows, "
             "(query, positive) pairs, (query, positive, negative) triplets"
         ),
-    ] = ExportRows.SESSIONS,
-    only_new_clicks: Annotated[
-        bool, typer.Option(help="Training rows: label repeat sessions by their new clicks only")
-    ] = False,
-    skip_irrelevant: Annotated[
-        bool, typer.Option(help="Training rows: leave out sessions irrelevant or without a click")
-    ] = False,
-    negatives: Annotated[
-        int, typer.Option(min=1, help="Triplets: at most this many negatives per positive")
-    ] = 1,
+    ] = RowShape.SESSIONS,
+    only_new_clicks: OnlyNewClicks = False,
+    skip_irrelevant: SkipIrrelevant = False,
+    negatives: Negatives = 1,
 ) -> None:
     """Write a released batch from MongoDB (CLICKSTREAM_MONGODB_URI) in bounded memory: its
     sessions with their events, one row per session, or training examples (--rows). Parquet
     needs the parquet extra."""
     from batches.store import BatchStore  # noqa: PLC0415
     from consumers.batch_export import export_batch  # noqa: PLC0415
-    from consumers.training import RowShape, TrainingOptions  # noqa: PLC0415
+    from consumers.training import TrainingOptions  # noqa: PLC0415
 
     configure_logging()
     settings = _with_local_run(get_settings())
@@ -240,7 +244,7 @@ def export(
     options = TrainingOptions(only_new_clicks, skip_irrelevant, negatives)
     try:
         summary = export_batch(
-            store, batch_id, output, export_format.value, shape=RowShape(rows), options=options
+            store, batch_id, output, export_format.value, shape=rows, options=options
         )
     except ClickstreamError as exc:
         _fail(exc)
@@ -260,15 +264,15 @@ def follow(
     ],
     export_format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.PARQUET,
     rows: Annotated[
-        list[ExportRows] | None,
+        list[RowShape] | None,
         typer.Option(help="A file per row shape (repeat the option); default: sessions"),
     ] = None,
     group: Annotated[str, typer.Option(help="Consumer group: where a restart resumes")] = (
         "batch-follower"
     ),
-    only_new_clicks: Annotated[bool, typer.Option(help="As for export")] = False,
-    skip_irrelevant: Annotated[bool, typer.Option(help="As for export")] = False,
-    negatives: Annotated[int, typer.Option(min=1, help="As for export")] = 1,
+    only_new_clicks: OnlyNewClicks = False,
+    skip_irrelevant: SkipIrrelevant = False,
+    negatives: Negatives = 1,
     idle_timeout: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without a batch")
     ] = None,
@@ -277,7 +281,7 @@ def follow(
     (its files and a manifest.json with counts and SHA-256s, written last). Stops cleanly
     on SIGTERM or SIGINT, after the batch in hand."""
     from consumers.batch_follower import BatchFollower  # noqa: PLC0415
-    from consumers.training import RowShape, TrainingOptions  # noqa: PLC0415
+    from consumers.training import TrainingOptions  # noqa: PLC0415
 
     configure_logging()
     stop = threading.Event()
@@ -286,7 +290,7 @@ def follow(
     follower = BatchFollower(
         _with_local_run(get_settings()),
         output_dir,
-        tuple(RowShape(r) for r in rows or [ExportRows.SESSIONS]),
+        tuple(rows or [RowShape.SESSIONS]),
         export_format.value,
         TrainingOptions(only_new_clicks, skip_irrelevant, negatives),
         group_id=group,
