@@ -85,20 +85,18 @@ def export_batch(
     oid = _released_batch(store, batch_id)
     if export_format == "parquet" and str(output) == STDOUT:
         raise BatchExportError("Parquet cannot be written to stdout: give --output a file")
-    sessions = store.iter_sessions(oid, page_size=page_size)
-    if shape is not RowShape.SESSIONS:
-        counting = _Counting(sessions)
-        examples = shaped_rows(batch_id, counting, shape, options or TrainingOptions())
-        if export_format == "parquet":
-            rows = _write_parquet_rows(examples, output, arrow_schema(shape))
-        else:
-            rows = _to_jsonl(output, lambda file: _write_jsonl_rows(examples, file))
-        counts = (counting.sessions, counting.events, rows)
-    elif export_format == "parquet":
-        counts = _write_parquet(sessions, output, page_size)
+    sessions = _Counting(store.iter_sessions(oid, page_size=page_size))
+    # Each session's rows: itself, or its training examples.
+    examples: Iterable[list[dict[str, Any]]]
+    if shape is RowShape.SESSIONS:
+        examples = ([session] for session in sessions)
     else:
-        counts = _to_jsonl(output, lambda file: _write_jsonl(sessions, file))
-    summary = ExportSummary(batch_id, *counts)
+        examples = shaped_rows(batch_id, sessions, shape, options or TrainingOptions())
+    if export_format == "parquet":
+        rows = _write_parquet(examples, output, shape, page_size)
+    else:
+        rows = _to_jsonl(output, lambda file: _write_jsonl(examples, file))
+    summary = ExportSummary(batch_id, sessions.sessions, sessions.events, rows)
     logger.info(
         "batch exported batch_id=%s shape=%s format=%s sessions=%s events=%s rows=%s output=%s",
         batch_id,
@@ -149,14 +147,7 @@ def _json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def _write_jsonl(sessions: Iterable[dict[str, Any]], file: TextIO) -> tuple[int, int, int]:
-    counting = _Counting(sessions)
-    for session in counting:
-        file.write(_json_line(session))
-    return counting.sessions, counting.events, counting.sessions
-
-
-def _write_jsonl_rows(examples: Iterable[list[dict[str, Any]]], file: TextIO) -> int:
+def _write_jsonl(examples: Iterable[list[dict[str, Any]]], file: TextIO) -> int:
     rows = 0
     for session_rows in examples:
         file.writelines(_json_line(row) for row in session_rows)
@@ -231,7 +222,9 @@ def _check_fields(session: dict[str, Any], schema: Any) -> None:
         raise BatchExportError(f"fields missing from the Parquet schema: {sorted(unknown)}")
 
 
-def _parquet_row(session: dict[str, Any]) -> dict[str, Any]:
+def _parquet_row(session: dict[str, Any], schema: Any) -> dict[str, Any]:
+    """A session as a row of ``parquet_schema`` (its free-form objects as JSON text)."""
+    _check_fields(session, schema)
     return {
         **session,
         "search_results": [
@@ -243,17 +236,6 @@ def _parquet_row(session: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pages(sessions: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    page: list[dict[str, Any]] = []
-    for session in sessions:
-        page.append(session)
-        if len(page) == size:
-            yield page
-            page = []
-    if page:
-        yield page
-
-
 def _pyarrow() -> tuple[Any, Any]:
     try:
         import pyarrow as pa  # noqa: PLC0415 - an optional extra
@@ -263,37 +245,27 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
-def _write_parquet_rows(
-    examples: Iterable[list[dict[str, Any]]], output: Path | str, schema: Any
+def _write_parquet(
+    examples: Iterable[list[dict[str, Any]]], output: Path | str, shape: RowShape, page_size: int
 ) -> int:
+    """Write each session's rows, in row groups of a page of sessions (sessions as stored) or
+    of about ``ROW_GROUP_ROWS`` rows (training rows); the number of rows written."""
     pa, pq = _pyarrow()
-    rows = 0
+    if shape is RowShape.SESSIONS:
+        schema, group_rows = parquet_schema(), page_size
+        examples = ([_parquet_row(row, schema) for row in rows] for rows in examples)
+    else:
+        schema, group_rows = arrow_schema(shape), ROW_GROUP_ROWS
+    written = 0
     group: list[dict[str, Any]] = []
     with pq.ParquetWriter(str(output), schema, compression="zstd") as writer:
         for session_rows in examples:
             group.extend(session_rows)
-            if len(group) >= ROW_GROUP_ROWS:
+            if len(group) >= group_rows:
                 writer.write_table(pa.Table.from_pylist(group, schema=schema))
-                rows += len(group)
+                written += len(group)
                 group = []
-        # An empty file still has its schema: a job reads zero rows, not an error.
-        writer.write_table(pa.Table.from_pylist(group, schema=schema))
-        rows += len(group)
-    return rows
-
-
-def _write_parquet(
-    sessions: Iterable[dict[str, Any]], output: Path | str, page_size: int
-) -> tuple[int, int, int]:
-    pa, pq = _pyarrow()
-    schema = parquet_schema()
-    count = events = 0
-    with pq.ParquetWriter(str(output), schema, compression="zstd") as writer:
-        for page in _pages(sessions, page_size):
-            for session in page:
-                _check_fields(session, schema)
-            rows = [_parquet_row(session) for session in page]
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-            count += len(rows)
-            events += sum(len(row["events"]) for row in rows)
-    return count, events, count
+        if group:  # with no row at all, the file still has its schema
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+            written += len(group)
+    return written
