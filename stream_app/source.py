@@ -315,6 +315,13 @@ class SourceConsumer:
             found[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
         return found
 
+    def member_id(self) -> str | None:
+        """This consumer's member id in its group now (None before it joined)."""
+        try:
+            return self._consumer.memberid() or None
+        except RuntimeError:  # closed
+            return None
+
     def close(self) -> None:
         """Leave the group at once (a clean stop hands the partitions over)."""
         self._consumer.close()

@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # The last resort once SIGTERM came: whatever still waits on a gone broker, exit.
-_STOP_DEADLINE_SECONDS = 6.0
-_LEAVE_SECONDS = 1.5
+# Within it the LeaveGroup gets the most time: without it, the partitions wait for the
+# member's session to expire (for ever on the local broker).
+_STOP_DEADLINE_SECONDS = 10.0
+_LEAVE_SECONDS = 4.0
 _CLOSE_SECONDS = 1.5
 _POLL_SECONDS = 0.2
 _LAGS_SECONDS = 0.2
@@ -189,11 +191,11 @@ class StreamWorker:
     def _close(self) -> None:
         self._processor.commit(sorted(self._states))  # what was handled, while it can
         self._coordinator.stop(timeout=_CLOSE_SECONDS)
-        member = group.member_id(
-            self._settings, self._group, self._settings.worker_instance_id, _LEAVE_SECONDS
-        )
+        member = self._source.member_id()
         close_within(self._source.close, _CLOSE_SECONDS, "consumer")
-        if member is not None:
+        if member is None:
+            logger.warning("consumer group not left: the consumer holds no member id")
+        else:
             group.leave(self._settings, self._group, member, _LEAVE_SECONDS)
         self._revoked(sorted(self._states))
         if self._local is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from clickstream.settings import Settings
+
+
+_LOG_TAIL_LINES = 40
 
 
 @pytest.fixture
@@ -49,6 +53,9 @@ def worker_factory(
     yield build
     for worker in workers:
         worker.stop()
+        # pytest shows a test's teardown output only when it failed: the workers' own story.
+        tail = "\n".join(worker.log().splitlines()[-_LOG_TAIL_LINES:])
+        sys.stdout.write(f"--- {worker.worker_id} ({worker.log_file}), last lines:\n{tail}\n")
 
 
 @pytest.fixture
