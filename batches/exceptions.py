@@ -11,3 +11,7 @@ class BatchStoreError(ClickstreamError):
 
 class MissingMongoUriError(BatchStoreError, ValueError):
     """No MongoDB to connect to: ``CLICKSTREAM_MONGODB_URI`` is not set."""
+
+
+class BatchContentMismatchError(BatchStoreError):
+    """A batch read back is not what was written: its content digest differs."""

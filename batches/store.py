@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import bson
 from bson import ObjectId
+from bson.codec_options import CodecOptions
 from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
@@ -30,8 +31,9 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from batches.digest import BatchCheck, PartDigest, batch_digest
 from batches.documents import session_documents
-from batches.exceptions import MissingMongoUriError
+from batches.exceptions import BatchContentMismatchError, MissingMongoUriError
 from batches.public import public_session
 from clickstream.clock import now_ms
 
@@ -65,6 +67,14 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class WrittenPart:
+    """A partition's part as stored: the sessions MongoDB refused, and the part's digest."""
+
+    refused: list[Refused]
+    content_digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """A batch document, as the API shows it."""
 
@@ -75,12 +85,17 @@ class Batch:
     released_at_ms: int | None
     min_idle_seconds: int
     partition_count: int
-    partitions: dict[str, dict[str, int]]
+    partitions: dict[str, dict[str, Any]]
     request_ids: tuple[str, ...] = ()
     markers_sent_at_ms: int = 0
     heal_count: int = 0
     # Per partition, the sessions MongoDB refused to store (not in the batch).
     unreleasable: dict[str, list[str]] | None = None
+    # SHA-256 of the released content (``batches.digest``); None for a batch released
+    # before digests were kept.
+    content_digest: str | None = None
+    # Sessions taken out since by erasures (``batches.erasures``): the counts are of the rest.
+    erased_session_count: int = 0
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Batch:
@@ -97,7 +112,17 @@ class Batch:
             markers_sent_at_ms=doc.get("markers_sent_at_ms", doc["requested_at_ms"]),
             heal_count=doc.get("heal_count", 0),
             unreleasable=doc.get("unreleasable"),
+            content_digest=doc.get("content_digest"),
+            erased_session_count=doc.get("erased_session_count", 0),
         )
+
+    @property
+    def part_digests(self) -> dict[int, str]:
+        """Each partition's part digest, once all are known (empty otherwise)."""
+        digests = {int(p): part.get("content_digest") for p, part in self.partitions.items()}
+        if not self.complete or None in digests.values():
+            return {}
+        return cast("dict[int, str]", digests)
 
     @property
     def unreleasable_session_ids(self) -> list[str]:
@@ -142,6 +167,8 @@ class Batch:
             "heal_count": self.heal_count,
             "unreleasable_session_count": len(self.unreleasable_session_ids),
             "unreleasable_session_ids": self.unreleasable_session_ids,
+            "content_digest": self.content_digest if released else None,
+            "erased_session_count": self.erased_session_count,
         }
 
 
@@ -268,7 +295,7 @@ class BatchStore:
         return Batch.from_document(doc), True
 
     def record_partition(
-        self, batch_id: ObjectId, partition: int, counts: dict[str, int], offset: int
+        self, batch_id: ObjectId, partition: int, counts: dict[str, Any], offset: int
     ) -> Batch | None:
         """Record a partition's part (the first report wins) and return the batch."""
         self.batches.update_one(
@@ -277,11 +304,19 @@ class BatchStore:
         )
         return self.get(batch_id)
 
-    def mark_released(self, batch_id: ObjectId, released_at_ms: int) -> Batch | None:
-        """Complete the batch (the first call's time wins) and return it."""
+    def mark_released(self, batch: Batch, released_at_ms: int) -> Batch | None:
+        """Complete the batch (the first call's time wins), with the digest of its parts
+        if each has one, and return it."""
+        batch_id, parts = ObjectId(batch.batch_id), batch.part_digests
         self.batches.update_one(
             {"_id": batch_id, "status": RELEASING},
-            {"$set": {"status": RELEASED, "released_at_ms": released_at_ms}},
+            {
+                "$set": {
+                    "status": RELEASED,
+                    "released_at_ms": released_at_ms,
+                    "content_digest": batch_digest(parts) if parts else None,
+                }
+            },
         )
         return self.get(batch_id)
 
@@ -328,43 +363,58 @@ class BatchStore:
 
     # -- partition owners ---------------------------------------------------------------
 
-    def write_part(self, batch_id: ObjectId, copies: Iterable[SessionCopy]) -> list[Refused]:
+    def write_part(
+        self, batch_id: ObjectId, partition: int, copies: Iterable[SessionCopy]
+    ) -> WrittenPart:
         """Insert the sessions of a partition's part of a batch, each encoded once, in
         groups of unordered inserts. Documents already there (a part written again after
         a crash) are left as they are: they are the same.
 
         Returns the sessions MongoDB refused (none, as long as every document stays below
         its limit, which ``documents`` sees to), with their documents removed: not in the
-        batch at all rather than in part.
+        batch at all rather than in part; and the part's digest (``batches.digest``), of
+        the bytes inserted or, when some were refused or already there, of what MongoDB
+        holds.
         """
         refused: dict[str, str] = {}
+        existed = False
+        digest = PartDigest()
         group: list[tuple[str, bool, RawBSONDocument]] = []
         size = 0
         for copy in copies:
             head, chunks = session_documents(copy)
             try:
-                encoded = [RawBSONDocument(bson.encode(doc)) for doc in (head, *chunks)]
+                encoded = [bson.encode(doc) for doc in (head, *chunks)]
             except (BSONError, OverflowError, ValueError) as exc:
                 refused[copy.session_id] = f"not storable as BSON: {exc}"
                 continue
+            digest.add(encoded)
             for position, raw in enumerate(encoded):
-                group.append((copy.session_id, position > 0, raw))
-                size += len(raw.raw)
+                group.append((copy.session_id, position > 0, RawBSONDocument(raw)))
+                size += len(raw)
             if size >= _WRITE_GROUP_BYTES:
-                refused.update(self._insert(group))
+                existed |= self._insert(group, refused)
                 group, size = [], 0
         if group:
-            refused.update(self._insert(group))
+            existed |= self._insert(group, refused)
         if refused:
             ids = list(refused)
             self.sessions.delete_many({"batch_id": batch_id, "session_id": {"$in": ids}})
             self.event_chunks.delete_many({"batch_id": batch_id, "session_id": {"$in": ids}})
-        return [Refused(session_id, reason) for session_id, reason in refused.items()]
+        content_digest = (
+            self.part_digest(batch_id, partition) if refused or existed else digest.hexdigest()
+        )
+        return WrittenPart(
+            [Refused(session_id, reason) for session_id, reason in refused.items()],
+            content_digest,
+        )
 
-    def _insert(self, group: list[tuple[str, bool, RawBSONDocument]]) -> dict[str, str]:
-        """Insert ``group`` (session id, whether a chunk, document); the sessions refused,
-        with why."""
-        refused: dict[str, str] = {}
+    def _insert(
+        self, group: list[tuple[str, bool, RawBSONDocument]], refused: dict[str, str]
+    ) -> bool:
+        """Insert ``group`` (session id, whether a chunk, document), noting in ``refused``
+        the sessions refused, with why; whether some documents were there already."""
+        existed = False
         for collection, is_chunk in ((self.sessions, False), (self.event_chunks, True)):
             docs = [(session_id, raw) for session_id, chunk, raw in group if chunk is is_chunk]
             if not docs:
@@ -376,12 +426,20 @@ class BatchStore:
                     raise  # the server's trouble, not the documents': retried upstream
                 for error in exc.details.get("writeErrors", ()):
                     if error["code"] == _DUPLICATE_KEY:
+                        existed = True
                         continue
                     session_id = docs[error["index"]][0]
                     refused[session_id] = (
                         f"MongoDB refused it (code {error['code']}): {error.get('errmsg', '')}"
                     )
-        return refused
+        return existed
+
+    def part_digest(self, batch_id: ObjectId, partition: int) -> str:
+        """The digest of the part MongoDB holds for ``partition`` of the batch."""
+        digest = PartDigest()
+        for _, documents in self._stored_sessions(batch_id, {"partition": partition}):
+            digest.add(documents)
+        return digest.hexdigest()
 
     def record_unreleasable(self, batch_id: ObjectId, partition: int, ids: list[str]) -> None:
         """Note on the batch the sessions of ``partition`` that could not be stored."""
@@ -450,24 +508,59 @@ class BatchStore:
         )
         return [public_session(self._with_chunks(doc, events_limit)) for doc in cursor]
 
-    def iter_sessions(self, batch_id: ObjectId, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    def iter_sessions(
+        self, batch_id: ObjectId, page_size: int = 500, *, verify: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """Every session of the batch with all its events, in ``session_number`` order.
 
         Reads page by page on the unique index, one session's events at a time, so memory
         stays bounded by the driver's batch and one session whatever the batch's size, and
         a lost cursor never skips or repeats.
+
+        With ``verify`` (and a batch that has a digest), the bytes read are checked against
+        the digest recorded when the batch was written: after the last session,
+        :class:`BatchContentMismatchError` names the partitions whose sessions changed.
         """
+        batch = self.get(batch_id) if verify else None
+        check = BatchCheck(batch.part_digests) if batch and batch.content_digest else None
+        for doc, documents in self._stored_sessions(batch_id, {}, page_size):
+            if check is not None:
+                check.add(doc["partition"], documents)
+            yield public_session(doc)
+        if check is not None and (differing := check.differing_parts()):
+            raise BatchContentMismatchError(
+                f"batch {batch_id} is not as it was written: the sessions of partition(s) "
+                f"{', '.join(map(str, differing))} differ from its content digest"
+            )
+
+    def _stored_sessions(
+        self, batch_id: ObjectId, where: dict[str, Any], page_size: int = 500
+    ) -> Iterator[tuple[dict[str, Any], list[bytes | memoryview]]]:
+        """The batch's sessions matching ``where``, in ``session_number`` order, each with
+        all its events and the BSON of its documents (head, then chunks) as stored."""
+        raw_options = CodecOptions(document_class=RawBSONDocument)
+        sessions = self.sessions.with_options(codec_options=raw_options)
+        chunks = self.event_chunks.with_options(codec_options=raw_options)
+        decode_options = self.sessions.codec_options
         after = 0
         while True:
             cursor = (
-                self.sessions.find({"batch_id": batch_id, "session_number": {"$gt": after}})
+                sessions.find({**where, "batch_id": batch_id, "session_number": {"$gt": after}})
                 .sort("session_number", ASCENDING)
                 .limit(page_size)
             )
             read = 0
-            for doc in cursor:
+            for raw in cursor:
                 read += 1
+                documents: list[bytes | memoryview] = [raw.raw]
+                doc = bson.decode(raw.raw, decode_options)
                 after = doc["session_number"]
-                yield public_session(self._with_chunks(doc))
+                if doc.get("event_chunks"):
+                    for chunk in chunks.find({"batch_id": batch_id, "session_number": after}).sort(
+                        "chunk", ASCENDING
+                    ):
+                        documents.append(chunk.raw)
+                        doc["events"].extend(bson.decode(chunk.raw, decode_options)["events"])
+                yield doc, documents
             if read < page_size:
                 return

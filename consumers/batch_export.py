@@ -12,18 +12,24 @@ One row per session with all its events, in ``session_number`` order, read page 
 
 Or, with a training shape (``consumers.training``), training examples: labelled
 (session, result) rows, (query, positive) pairs or (query, positive, negative) triplets,
-in the same two formats. Either way the same batch always exports to the same bytes.
+in the same two formats. Either way the same batch always exports to the same bytes, and
+what is read is checked against the batch's content digest (``batches.digest``): a file
+is only put in place once every session checked out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
-from batches.store import RELEASED, BatchStore, parse_batch_id
+from bson import ObjectId
+
+from batches.store import RELEASED, Batch, BatchStore, parse_batch_id
 from consumers.exceptions import BatchExportError
 from consumers.training import (
     RowShape,
@@ -35,9 +41,6 @@ from consumers.training import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-    from pathlib import Path
-
-    from bson import ObjectId
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -57,6 +60,8 @@ class ExportSummary:
     events: int
     rows: int
     """Rows written: sessions, or training examples."""
+    content_digest: str | None
+    """The batch's digest, which what was read matched (None: a batch without one)."""
 
 
 def export_batch(
@@ -81,22 +86,31 @@ def export_batch(
 
     Raises:
         BatchExportError: unknown batch, batch not released, or Parquet to stdout.
+        BatchContentMismatchError: the batch read is not what was written (no file is
+            left; on stdout, after the rows).
     """
-    oid = _released_batch(store, batch_id)
+    batch = _released_batch(store, batch_id)
     if export_format == "parquet" and str(output) == STDOUT:
         raise BatchExportError("Parquet cannot be written to stdout: give --output a file")
-    sessions = _Counting(store.iter_sessions(oid, page_size=page_size))
+    sessions = _Counting(store.iter_sessions(ObjectId(batch.batch_id), page_size=page_size))
     # Each session's rows: itself, or its training examples.
     examples: Iterable[list[dict[str, Any]]]
     if shape is RowShape.SESSIONS:
         examples = ([session] for session in sessions)
     else:
         examples = shaped_rows(batch_id, sessions, shape, options or TrainingOptions())
-    if export_format == "parquet":
-        rows = _write_parquet(examples, output, shape, page_size)
+    if str(output) == STDOUT:
+        rows = _to_stdout(lambda file: _write_jsonl(examples, file))
     else:
-        rows = _to_jsonl(output, lambda file: _write_jsonl(examples, file))
-    summary = ExportSummary(batch_id, sessions.sessions, sessions.events, rows)
+        with _put_in_place(Path(output)) as path:
+            if export_format == "parquet":
+                rows = _write_parquet(examples, path, shape, page_size)
+            else:
+                with path.open("w", encoding="utf-8") as file:
+                    rows = _write_jsonl(examples, file)
+    summary = ExportSummary(
+        batch_id, sessions.sessions, sessions.events, rows, batch.content_digest
+    )
     logger.info(
         "batch exported batch_id=%s shape=%s format=%s sessions=%s events=%s rows=%s output=%s",
         batch_id,
@@ -110,14 +124,14 @@ def export_batch(
     return summary
 
 
-def _released_batch(store: BatchStore, batch_id: str) -> ObjectId:
+def _released_batch(store: BatchStore, batch_id: str) -> Batch:
     oid = parse_batch_id(batch_id)
     batch = store.get(oid) if oid is not None else None
-    if oid is None or batch is None:
+    if batch is None:
         raise BatchExportError(f"no batch {batch_id!r}")
     if batch.status != RELEASED:
         raise BatchExportError(f"batch {batch_id} is {batch.status}, not released")
-    return oid
+    return batch
 
 
 class _Counting:
@@ -134,13 +148,22 @@ class _Counting:
             yield session
 
 
-def _to_jsonl(output: Path | str, write: Callable[[TextIO], _T]) -> _T:
-    if str(output) == STDOUT:
-        written = write(sys.stdout)
-        sys.stdout.flush()
-        return written
-    with open(output, "w", encoding="utf-8") as file:
-        return write(file)
+def _to_stdout(write: Callable[[TextIO], _T]) -> _T:
+    written = write(sys.stdout)
+    sys.stdout.flush()
+    return written
+
+
+@contextlib.contextmanager
+def _put_in_place(output: Path) -> Iterator[Path]:
+    """A path beside ``output`` to write to, renamed to ``output`` once the writing ended
+    without an error (removed otherwise): ``output`` is whole or absent."""
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        yield partial
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _json_line(row: dict[str, Any]) -> str:

@@ -2,12 +2,13 @@
 
 Each batch goes to a directory of its own, ``<output_dir>/<batch_id>/``: one file per row
 shape asked for (``sessions.parquet``, ``training.parquet``, ...) and ``manifest.json``,
-written last, holding the batch's ids and counts and each file's rows, size and SHA-256. A
-directory is built under a temporary name and renamed when complete, so one either exists
-whole or not at all. A batch is done for the follower's group only once its directory is
-complete: a follower that dies mid-batch exports it again after a restart (its half-built
-directory is discarded), and a batch delivered again whose manifest exists is skipped, so a
-restart neither repeats nor skips one.
+written last, holding the batch's ids, counts and content digest (as they are now, if an
+erasure took sessions out since the announcement) and each file's rows, size and SHA-256.
+A directory is built under a temporary name and renamed when complete, so one either
+exists whole or not at all. A batch is done for the follower's group only once its
+directory is complete: a follower that dies mid-batch exports it again after a restart
+(its half-built directory is discarded), and a batch delivered again whose manifest exists
+is skipped, so a restart neither repeats nor skips one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
+
+from bson import ObjectId
 
 from consumers.batch_export import export_batch
 from consumers.batch_reader import BatchReader, ReleasedBatch
@@ -56,6 +59,8 @@ class Manifest(ReleasedBatch):
     """What ``manifest.json`` of an exported batch holds: the batch's announcement, and what
     was written of it."""
 
+    erased_session_count: int = 0
+    """Sessions erased since the announcement: the counts and digest are of the rest."""
     exported_at_ms: int = 0
     format: str = ""
     files: list[ExportedFile] = field(default_factory=list)
@@ -120,6 +125,7 @@ class BatchFollower:
         if (final / MANIFEST).exists():
             logger.info("batch already exported, skipped batch_id=%s", batch.batch_id)
             return Manifest.read(final / MANIFEST)
+        batch, erased = _batch_now(store, batch)
         partial = self._output_dir / f"{_PARTIAL_PREFIX}{batch.batch_id}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -140,9 +146,15 @@ class BatchFollower:
                     f"{batch.event_count} events; MongoDB holds {summary.sessions} and "
                     f"{summary.events}"
                 )
+            if summary.content_digest != batch.content_digest:
+                raise BatchExportError(
+                    f"batch {batch.batch_id} announced content digest {batch.content_digest}; "
+                    f"MongoDB's batch says {summary.content_digest}"
+                )
             files.append(_described(partial / name, shape, summary.rows))
         manifest = Manifest(
             **asdict(batch),
+            erased_session_count=erased,
             exported_at_ms=int(time.time() * 1000),
             format=self._format,
             files=files,
@@ -158,6 +170,22 @@ class BatchFollower:
             final,
         )
         return manifest
+
+
+def _batch_now(store: BatchStore, batch: ReleasedBatch) -> tuple[ReleasedBatch, int]:
+    """The announced batch with its counts and digest as they are now, after erasures
+    that took sessions out of it since (``batches.erasures``); how many they took."""
+    current = store.get(ObjectId(batch.batch_id))
+    if current is None or not current.erased_session_count:
+        return batch, 0
+    now = replace(
+        batch,
+        session_count=current.total("session_count"),
+        event_count=current.total("event_count"),
+        repeat_session_count=current.total("repeat_session_count"),
+        content_digest=current.content_digest,
+    )
+    return now, current.erased_session_count
 
 
 def _described(path: Path, shape: RowShape, rows: int) -> ExportedFile:

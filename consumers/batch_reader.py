@@ -38,6 +38,8 @@ class ReleasedBatch:
     repeat_session_count: int
     requested_at_ms: int
     released_at_ms: int
+    content_digest: str | None = None
+    """SHA-256 of the batch as written (``batches.digest``); reading it checks it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +216,12 @@ class BatchReader:
 
     def sessions(self, batch_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """Every session of the batch with all its events (in the order they arrived), by
-        ``session_number``; at most ``page_size`` sessions are held at a time."""
+        ``session_number``; at most ``page_size`` sessions are held at a time.
+
+        The bytes read are checked against the batch's content digest: once the last
+        session is read, :class:`batches.exceptions.BatchContentMismatchError` if they
+        differ from what was written (so train on them only once the iteration ended).
+        """
         object_id = parse_batch_id(batch_id)
         if object_id is None:
             raise InvalidBatchIdError(f"not a batch id: {batch_id!r}")

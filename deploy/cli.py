@@ -159,6 +159,38 @@ def release(
     _show(response)
 
 
+@app.command()
+def forget(
+    user_id: Annotated[str, typer.Argument(help="The user, as the sessions gave it")],
+    url: GatewayUrl = None,
+) -> None:
+    """Erase every session of a user from the tables, the released batches and the
+    releases to come, and print the receipt (status forgetting if it takes longer than
+    CLICKSTREAM_RELEASE_WAIT_SECONDS: see forget-status)."""
+    response = httpx.post(
+        f"{_gateway_url(url)}/api/v1/clickstream/internal/users/forget",
+        json={"user_id": user_id},
+        headers=internal_auth_headers(get_settings()),
+        timeout=get_settings().release_wait_seconds + 30,
+    )
+    _show(response)
+
+
+@app.command("forget-status")
+def forget_status(
+    request_id: Annotated[str, typer.Argument(help="The request_id a forget answered")],
+    url: GatewayUrl = None,
+) -> None:
+    """Print a forget request's receipt."""
+    response = httpx.get(
+        f"{_gateway_url(url)}/api/v1/clickstream/internal/users/forget",
+        params={"request_id": request_id},
+        headers=internal_auth_headers(get_settings()),
+        timeout=30,
+    )
+    _show(response)
+
+
 class _ShowByDefault(TyperGroup):
     """``clickstream batch BATCH_ID`` is ``clickstream batch show BATCH_ID``."""
 
@@ -253,7 +285,12 @@ def export(
     if output != "-":
         typer.echo(
             f"exported: {summary.sessions} sessions, {summary.events} events, "
-            f"{summary.rows} rows ({rows.value}) to {output}"
+            f"{summary.rows} rows ({rows.value}) to {output}; "
+            + (
+                f"content digest {summary.content_digest} (checked)"
+                if summary.content_digest
+                else "no content digest (released before digests)"
+            )
         )
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from schemas import AvroCodec
     from schemas.records import (
         EventItem,
+        ForgetRequested,
         ReleaseRequested,
         SearchResult,
         SessionMarkedIrrelevant,
@@ -89,6 +90,10 @@ class IngestMessages:
         )
         return PreparedSession(message, record["created_at"])
 
+    def _user_id(self, user_id: str) -> str:
+        """The user id as published: its pseudonym with ``CLICKSTREAM_USER_ID_KEY``."""
+        return user_id if self._user_id_key is None else pseudonym(self._user_id_key, user_id)
+
     def session_record(self, session: SessionIn, now: float | None = None) -> SessionRegistered:
         """The SessionRegistered record of a request, its defaults applied."""
         now = time.time() if now is None else now
@@ -98,11 +103,7 @@ class IngestMessages:
             "search_query": session.search_query,
             "search_results": [_result_record(result) for result in session.search_results],
             "search_meta": _json_or_none(session.search_meta),
-            "user_id": (
-                pseudonym(self._user_id_key, session.user_id)
-                if self._user_id_key is not None and session.user_id is not None
-                else session.user_id
-            ),
+            "user_id": None if session.user_id is None else self._user_id(session.user_id),
             "created_at": created_at,
             "received_at_ms": int(now * 1000),
             "payload_filter": _json_or_none(session.payload_filter),
@@ -177,6 +178,23 @@ class IngestMessages:
             self._topics.sessions,
             session_id.encode(),
             self._codec.encode(SchemaName.SESSION_MARKED_IRRELEVANT, record),
+        )
+
+    def forget_request(
+        self, user_id: str, request_id: str, now: float | None = None
+    ) -> OutgoingMessage:
+        """The ForgetRequested message, for the release coordinator: the user id as the
+        sessions were published (its pseudonym when they are)."""
+        now = time.time() if now is None else now
+        record: ForgetRequested = {
+            "request_id": request_id,
+            "user_id": self._user_id(user_id),
+            "requested_at_ms": int(now * 1000),
+        }
+        return OutgoingMessage(
+            self._topics.releases,
+            request_id.encode(),
+            self._codec.encode(SchemaName.FORGET_REQUESTED, record),
         )
 
     def release_request(

@@ -366,6 +366,19 @@ class ReleaseIn(RequestModel):
     )
 
 
+class ForgetIn(RequestModel):
+    """Erase every session of a user."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"user_id": "b604bbb1a57a418d925ebc9d615de99a"}]}
+    )
+
+    user_id: Id = Field(
+        description="As the sessions gave it (pseudonymised here like theirs when "
+        "CLICKSTREAM_USER_ID_KEY is set)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RequestModels:
     """The request classes validating with one set of limits; each subclasses the class of
@@ -376,13 +389,14 @@ class RequestModels:
     EventsIn: type[EventsIn]
     SessionRef: type[SessionRef]
     ReleaseIn: type[ReleaseIn]
+    ForgetIn: type[ForgetIn]
 
 
 @functools.cache
 def request_models(limits: Limits) -> RequestModels:
     """The request classes with ``limits``: the gateway and the library validate with these."""
     if limits == DEFAULT_LIMITS:
-        return RequestModels(limits, SessionIn, EventsIn, SessionRef, ReleaseIn)
+        return RequestModels(limits, SessionIn, EventsIn, SessionRef, ReleaseIn, ForgetIn)
     id_ = _id_type(limits)
     timestamp = _timestamp_type(limits)
     result = create_model("SearchResultIn", __base__=SearchResultIn, object_id=(id_, ...))
@@ -412,7 +426,8 @@ def request_models(limits: Limits) -> RequestModels:
     release = create_model(
         "ReleaseIn", __base__=ReleaseIn, release_id=(id_, Field(description=_RELEASE_ID_DOC))
     )
-    return RequestModels(limits, session, events, ref, release)
+    forget = create_model("ForgetIn", __base__=ForgetIn, user_id=(id_, ...))
+    return RequestModels(limits, session, events, ref, release, forget)
 
 
 class IrrelevantAccepted(BaseModel):
@@ -449,6 +464,31 @@ class BatchOut(BaseModel):
         "each in the dead-letter topic with the reason (snapshot_refused)",
     )
     unreleasable_session_ids: list[str] = Field(default_factory=list)
+    content_digest: str | None = Field(
+        default=None,
+        description="SHA-256 (hex) of the batch's documents as written, once released: "
+        "readers check what they read against it (null for batches from before digests)",
+    )
+    erased_session_count: int = Field(
+        default=0,
+        description="Sessions erased from the batch since (forgotten users); the counts "
+        "are of the sessions it holds now",
+    )
+
+
+class ErasureOut(BaseModel):
+    """A forget request's receipt. Times are UTC seconds."""
+
+    request_id: str
+    status: str = Field(description="forgetting, then forgotten")
+    requested_at: int
+    done_at: int | None
+    partitions_done: int = Field(description="Partitions that removed the sessions from state")
+    partition_count: int
+    table_session_count: int = Field(description="Sessions removed from the stream's tables")
+    batch_session_counts: dict[str, int] = Field(
+        description="Sessions removed from each released batch, by batch_id"
+    )
 
 
 class EventOut(BaseModel):

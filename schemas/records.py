@@ -39,6 +39,9 @@ class SchemaName(StrEnum):
     EVENT_PIECE = "clickstream.EventPiece"
     PARTITION_RELEASES = "clickstream.PartitionReleases"
     SOURCE_OFFSETS = "clickstream.SourceOffsets"
+    FORGET_REQUESTED = "clickstream.ForgetRequested"
+    FORGET_MARKER = "clickstream.ForgetMarker"
+    PARTITION_FORGOT = "clickstream.PartitionForgot"
 
 
 # Ingest: what the gateway and the producer library publish.
@@ -136,6 +139,7 @@ class PartitionReleased(TypedDict):
     event_count: int
     repeat_session_count: int
     deferred_session_count: int
+    content_digest: str | None
 
 
 class BatchReleased(TypedDict):
@@ -146,6 +150,7 @@ class BatchReleased(TypedDict):
     session_count: int
     event_count: int
     repeat_session_count: int
+    content_digest: str | None
 
 
 ReleaseStatus = Literal["RELEASED", "EMPTY"]
@@ -163,6 +168,24 @@ class ReleaseOutcome(TypedDict):
     repeat_session_count: int
     unreleasable_session_count: int
     unreleasable_session_ids: list[str]
+
+
+class ForgetRequested(TypedDict):
+    request_id: str
+    user_id: str
+    requested_at_ms: int
+
+
+class ForgetMarker(TypedDict):
+    request_id: str
+    user_id: str
+    requested_at_ms: int
+
+
+class PartitionForgot(TypedDict):
+    request_id: str
+    partition: int
+    session_count: int
 
 
 class DeadLetter(TypedDict):
@@ -249,6 +272,7 @@ class CompletedCut(TypedDict):
     event_count: int
     repeat_session_count: int
     deferred_session_count: int
+    content_digest: str | None
 
 
 class PartitionReleases(TypedDict):

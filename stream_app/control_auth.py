@@ -1,6 +1,6 @@
 """Control messages nobody else can forge.
 
-Release markers, partition ticks and part reports share topics that producers may write
+Release and forget markers, partition ticks and part reports share topics that producers may write
 to (the sessions, events and releases topics). Each one the pipeline writes carries an
 HMAC-SHA256 of its topic and exact value bytes in the ``clickstream-signature`` header,
 keyed with ``CLICKSTREAM_CONTROL_SECRET``; a control message without a valid one is
@@ -27,7 +27,13 @@ if TYPE_CHECKING:
 
 HEADER = "clickstream-signature"
 CONTROL_MESSAGES = frozenset(
-    {SchemaName.RELEASE_MARKER, SchemaName.PARTITION_TICK, SchemaName.PARTITION_RELEASED}
+    {
+        SchemaName.RELEASE_MARKER,
+        SchemaName.PARTITION_TICK,
+        SchemaName.PARTITION_RELEASED,
+        SchemaName.FORGET_MARKER,
+        SchemaName.PARTITION_FORGOT,
+    }
 )
 
 # Dead-letter reasons.

@@ -24,7 +24,7 @@ import logging
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bson import ObjectId
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -43,10 +43,18 @@ if TYPE_CHECKING:
 
     from confluent_kafka import KafkaError, Message
 
+    from batches.erasures import ErasureStore
     from batches.store import Batch, BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec
-    from schemas.records import BatchReleased, ReleaseMarker, ReleaseOutcome
+    from schemas.records import (
+        BatchReleased,
+        ForgetMarker,
+        ForgetRequested,
+        PartitionForgot,
+        ReleaseMarker,
+        ReleaseOutcome,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,7 @@ class ReleaseCoordinator:
     Args:
         settings: ``CLICKSTREAM_*``; Kafka and topics from them.
         store: the MongoDB batches.
+        erasures: the receipts of forget requests.
         avro: the shared codec.
         is_leader: whether this worker leads its group now (see ``app.Leadership``).
     """
@@ -86,6 +95,7 @@ class ReleaseCoordinator:
         self,
         settings: Settings,
         store: BatchStore,
+        erasures: ErasureStore,
         avro: AvroCodec,
         is_leader: Callable[[], bool],
         on_stuck: Callable[[BaseException, str], None],
@@ -93,6 +103,7 @@ class ReleaseCoordinator:
         self._settings = settings
         self._names = Topics(settings.topic_prefix)
         self._store = store
+        self._erasures = erasures
         self._avro = avro
         self._is_leader = is_leader
         self._bounded = CallWatchdog(_KAFKA_TIMEOUT + _STUCK_MARGIN_SECONDS, on_stuck)
@@ -193,14 +204,18 @@ class ReleaseCoordinator:
             return
         if decoded.name == SchemaName.RELEASE_REQUESTED:
             self._open(decoded.record, message, plain)
-        elif decoded.name == SchemaName.PARTITION_RELEASED:
+        elif decoded.name == SchemaName.FORGET_REQUESTED:
+            self._open_erasure(cast("ForgetRequested", decoded.record), plain)
+        elif decoded.name in (SchemaName.PARTITION_RELEASED, SchemaName.PARTITION_FORGOT):
             refusal = self._control.refusal(
                 decoded.name, decoded.record, message.topic() or "", raw, message.headers()
             )
             if refusal is not None:  # a forged report completes nothing
                 self._refuse(message, refusal.reason, refusal.detail, decoded.record, producer)
-                return
-            self._record_part(decoded.record, message, producer)
+            elif decoded.name == SchemaName.PARTITION_RELEASED:
+                self._record_part(decoded.record, message, producer)
+            else:
+                self._record_forgot(cast("PartitionForgot", decoded.record), message)
         else:
             logger.warning("unexpected %s on the releases topic skipped", decoded.name)
 
@@ -246,9 +261,48 @@ class ReleaseCoordinator:
         self._send_markers(plain, batch, range(self._settings.topic_partitions))
         logger.info("release opened batch=%s release=%s", batch.batch_id, batch.release_id)
 
+    def _open_erasure(self, request: ForgetRequested, plain: Producer) -> None:
+        """A forget request: its receipt, and a marker into every sessions partition."""
+        erasure, created = self._erasures.open(
+            request["request_id"],
+            request["user_id"],
+            request["requested_at_ms"],
+            self._settings.topic_partitions,
+        )
+        if not created:
+            return
+        marker: ForgetMarker = {
+            "request_id": request["request_id"],
+            "user_id": request["user_id"],
+            "requested_at_ms": request["requested_at_ms"],
+        }
+        self._send_control(
+            plain,
+            (self._names.sessions,),
+            self._avro.encode(SchemaName.FORGET_MARKER, marker),
+            range(self._settings.topic_partitions),
+        )
+        logger.info("erasure opened request=%s", erasure.request_id)
+
+    def _record_forgot(self, report: PartitionForgot, message: Message) -> None:
+        """A partition forgot the user: once all did, erase the released copies."""
+        offset = message.offset() or 0
+        erasure = self._erasures.record_partition(
+            report["request_id"], report["partition"], report["session_count"], offset
+        )
+        if erasure is None or not erasure.complete or erasure.user_id is None:
+            return
+        done = self._erasures.complete(erasure, now_ms())
+        if done is not None:
+            logger.info(
+                "erasure done request=%s table_sessions=%s batch_sessions=%s",
+                done.request_id,
+                done.public()["table_session_count"],
+                sum(done.batch_session_counts.values()),
+            )
+
     def _send_markers(self, plain: Producer, batch: Batch, partitions: Iterable[int]) -> None:
-        """Queue the batch's marker for ``partitions`` of both ingest topics; each delivery
-        is checked by :meth:`_check_markers_delivered`."""
+        """Queue the batch's marker for ``partitions`` of both ingest topics."""
         record: ReleaseMarker = {
             "batch_id": batch.batch_id,
             "release_id": batch.release_id,
@@ -256,7 +310,15 @@ class ReleaseCoordinator:
             "min_idle_seconds": batch.min_idle_seconds,
         }
         marker = self._avro.encode(SchemaName.RELEASE_MARKER, record)
-        for topic in self._names.ingest():
+        self._send_control(plain, self._names.ingest(), marker, partitions)
+
+    def _send_control(
+        self, plain: Producer, topics: Iterable[str], marker: bytes, partitions: Iterable[int]
+    ) -> None:
+        """Queue a signed control message for ``partitions`` of ``topics``; each delivery
+        is checked by :meth:`_check_markers_delivered`."""
+        partitions = list(partitions)
+        for topic in topics:
             for partition in partitions:
                 plain.produce(
                     topic,
@@ -289,6 +351,7 @@ class ReleaseCoordinator:
                 "event_count",
                 "repeat_session_count",
                 "deferred_session_count",
+                "content_digest",
             )
         }
         offset = message.offset() or 0
@@ -305,7 +368,7 @@ class ReleaseCoordinator:
             self._announce_outcome(producer, batch, EMPTY, now_ms())
             logger.info("release empty batch=%s release=%s", batch.batch_id, batch.release_id)
             return
-        batch = self._store.mark_released(batch_id, now_ms())
+        batch = self._store.mark_released(batch, now_ms())
         if batch is None or batch.status != RELEASED or batch.released_at_ms is None:
             return
         self._announce_outcome(producer, batch, RELEASED, batch.released_at_ms)
@@ -317,6 +380,7 @@ class ReleaseCoordinator:
             "session_count": batch.total("session_count"),
             "event_count": batch.total("event_count"),
             "repeat_session_count": batch.total("repeat_session_count"),
+            "content_digest": batch.content_digest,
         }
         producer.produce(
             self._names.batches,
@@ -325,11 +389,12 @@ class ReleaseCoordinator:
         )
         metrics.RELEASES.announced(batch)
         logger.info(
-            "batch released batch=%s release=%s sessions=%s events=%s",
+            "batch released batch=%s release=%s sessions=%s events=%s digest=%s",
             batch.batch_id,
             batch.release_id,
             announcement["session_count"],
             announcement["event_count"],
+            batch.content_digest,
         )
 
     def _announce_outcome(

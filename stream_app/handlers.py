@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         SessionRegisteredBatch,
     )
     from stream_app.control_auth import ControlAuth
+    from stream_app.forgetting import Forgetting
     from stream_app.part_writer import PartWriter
     from stream_app.state.partition import PartitionState
 
@@ -61,6 +62,7 @@ class Handlers:
         control: checks the signatures of control messages.
         parts: writes release parts to MongoDB.
         store: the MongoDB batches (a retired session comes back from its latest copy).
+        forgetting: handles erasures.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Handlers:
         control: ControlAuth,
         parts: PartWriter,
         store: BatchStore,
+        forgetting: Forgetting,
     ) -> None:
         self._settings = settings
         self._names = names
@@ -78,6 +81,7 @@ class Handlers:
         self._control = control
         self._parts = parts
         self._store = store
+        self._forgetting = forgetting
         self.orphan_wait_ms = int(settings.orphan_event_wait_seconds * 1000)
         self.retention_ms = int(settings.session_retention_seconds * 1000)
         self._handlers: dict[tuple[str, str], Handler] = {
@@ -86,6 +90,7 @@ class Handlers:
             (names.sessions, SchemaName.SESSION_MARKED_IRRELEVANT): self._irrelevant,
             (names.sessions, SchemaName.RELEASE_MARKER): self._sessions_marker,
             (names.sessions, SchemaName.PARTITION_TICK): self._tick,
+            (names.sessions, SchemaName.FORGET_MARKER): self._forget_marker,
             (names.events, SchemaName.SESSION_EVENTS): self._events,
             (names.events, SchemaName.SESSION_EVENTS_BATCH): self._events_batch,
             (names.events, SchemaName.SESSION_EVENT): self._event,
@@ -281,10 +286,14 @@ class Handlers:
         No message of a retired session can be read again: the position recorded with the
         state is past all of them, and commits with it."""
         now_ms = cast("PartitionTick", record)["sent_at_ms"]
-        expired = retired = revived = 0
+        expired = retired = revived = dropped = 0
         up_to = {join.WAITING: now_ms - self.orphan_wait_ms, join.QUIET: now_ms - self.retention_ms}
         for entry in state.watched_entries(up_to):
             if join.is_waiting_too_long(entry, now_ms, self.orphan_wait_ms):
+                if self._forgetting.is_forgotten(entry["session_id"]):
+                    state.remove_session(entry)  # late events of an erased session
+                    dropped += 1
+                    continue
                 if self._revive(state, entry):
                     revived += 1
                     continue
@@ -294,13 +303,15 @@ class Handlers:
             elif join.is_retired(entry, now_ms, self.retention_ms):
                 state.remove_session(entry)
                 retired += 1
-        if expired or retired or revived:
+        if expired or retired or revived or dropped:
             logger.info(
-                "sessions left the tables partition=%s orphans_expired=%s retired=%s revived=%s",
+                "sessions left the tables partition=%s orphans_expired=%s retired=%s revived=%s "
+                "erased_dropped=%s",
                 state.partition,
                 expired,
                 retired,
                 revived,
+                dropped,
             )
 
     def _revive(self, state: PartitionState, waiting: join.SessionEntry) -> bool:
@@ -351,6 +362,11 @@ class Handlers:
 
     # -- releases -----------------------------------------------------------------------
 
+    def _forget_marker(
+        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+    ) -> None:
+        self._forgetting.marker(state, record, message, out)
+
     def _sessions_marker(
         self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
     ) -> None:
@@ -396,6 +412,7 @@ class Handlers:
                 "event_count": completed["event_count"],
                 "repeat_session_count": completed["repeat_session_count"],
                 "deferred_session_count": completed["deferred_session_count"],
+                "content_digest": completed["content_digest"],
             }
             out.append(self._report(completed, partition, counts))
             return

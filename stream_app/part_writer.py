@@ -55,7 +55,10 @@ class PartWriter:
         """
         partition = state.partition
         batch_id = ObjectId(cut["batch_id"])
-        refused = self._store.write_part(batch_id, self._copies(state, cut, selection, batch_id))
+        written_part = self._store.write_part(
+            batch_id, partition, self._copies(state, cut, selection, batch_id)
+        )
+        refused = written_part.refused
         refused_ids = {item.session_id for item in refused}
         if refused:
             self._store.record_unreleasable(batch_id, partition, sorted(refused_ids))
@@ -94,6 +97,7 @@ class PartWriter:
             "event_count": sum(i.event_count for i in written),
             "repeat_session_count": sum(i.is_repeat for i in written),
             "deferred_session_count": selection.deferred,
+            "content_digest": written_part.content_digest,
         }
 
     def _copies(

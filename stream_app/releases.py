@@ -67,6 +67,8 @@ class PartCounts(TypedDict):
     event_count: int
     repeat_session_count: int
     deferred_session_count: int
+    content_digest: str | None
+    """The part's digest as stored (``batches.digest``)."""
 
 
 SESSIONS = "sessions"

@@ -18,12 +18,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from batches.erasures import ErasureStore
 from batches.store import BatchStore
 from clickstream.shutdown import close_within
 from schemas import AvroCodec, Topics
 from stream_app import changelog, group, metrics
 from stream_app.control_auth import ControlAuth
 from stream_app.coordinator import ReleaseCoordinator
+from stream_app.forgetting import Forgetting
 from stream_app.handlers import Handlers
 from stream_app.part_writer import PartWriter
 from stream_app.processor import EXIT_HANDLER_FAILED, Processor
@@ -62,6 +64,7 @@ def run_worker(settings: Settings) -> None:
     _bound_malloc_arenas()
     store = BatchStore.from_settings(settings)
     store.ensure_indexes()
+    ErasureStore(store).ensure_indexes()
     worker = StreamWorker(settings, store, AvroCodec())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.on_signal)
@@ -116,8 +119,15 @@ class StreamWorker:
             else None
         )
         parts = PartWriter(store, codec, names, settings.topic_partitions)
+        control, erasures = ControlAuth.from_settings(settings), ErasureStore(store)
         self._handlers = Handlers(
-            settings, names, codec, ControlAuth.from_settings(settings), parts, store
+            settings,
+            names,
+            codec,
+            control,
+            parts,
+            store,
+            Forgetting(codec, names, control, erasures),
         )
         web_url = f"http://{settings.worker_web_host}:{settings.worker_port}"
         self._web = WorkerWeb(
@@ -146,7 +156,7 @@ class StreamWorker:
             give_back_memory,
         )
         self._coordinator = ReleaseCoordinator(
-            settings, store, codec, lambda: 0 in self._states, self.stop
+            settings, store, erasures, codec, lambda: 0 in self._states, self.stop
         )
 
     # -- running ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
 from producers.gateway.fast_ingest import FastIngest
 from producers.gateway.metrics import GatewayMetrics, MeteredPublisher
-from producers.gateway.routes import batches, health, sessions
+from producers.gateway.routes import batches, health, sessions, users
 from producers.gateway.security import (
     INGEST_REFUSAL,
     INTERNAL_REFUSAL,
@@ -112,13 +112,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         app.include_router(sessions.ingest_router)
     app.include_router(sessions.router)
-    app.include_router(
-        batches.router, dependencies=[Security(require_internal_token)], responses=INTERNAL_REFUSAL
-    )
+    for internal in (batches.router, users.router):
+        app.include_router(
+            internal, dependencies=[Security(require_internal_token)], responses=INTERNAL_REFUSAL
+        )
     app.include_router(health.router)
     _document_request_bodies(
         app,
-        [models.SessionIn, models.EventsIn, models.SessionRef, models.ReleaseIn],
+        [models.SessionIn, models.EventsIn, models.SessionRef, models.ReleaseIn, models.ForgetIn],
         settings.max_id_length,
     )
     metrics.instrument(app)  # its middleware counts every answer the app gives

@@ -141,6 +141,17 @@ class PartitionState:
             self._known.move_to_end(session_id)
         return ids
 
+    def user_entries(self, user_id: str) -> list[SessionEntry]:
+        """Every registered session of ``user_id``, staged changes included: a scan of
+        the partition's registrations (erasures are rare; no index costs each click)."""
+        ids = set(self.backend.session_ids()) | self._staged_sessions()
+        return [
+            entry
+            for entry in self._entries(sorted(ids))
+            if (registration := self.registration(entry["session_id"])) is not None
+            and registration["user_id"] == user_id
+        ]
+
     def _entries(self, session_ids: Iterable[str]) -> Iterator[SessionEntry]:
         for session_id in session_ids:
             entry = self.entry(session_id)

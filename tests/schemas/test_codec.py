@@ -145,3 +145,46 @@ def test_registrations_of_version_1_read_as_the_newest(codec: AvroCodec) -> None
         "sort_by": sorted_by,
     }
     assert codec.decode(codec.encode("clickstream.SessionRegistered", current)).record == current
+
+
+def test_release_reports_and_announcements_from_before_digests_read_with_none(
+    codec: AvroCodec,
+) -> None:
+    counts = {"session_count": 3, "event_count": 5, "repeat_session_count": 1}
+    report = {
+        "batch_id": "b",
+        "release_id": "r",
+        "partition": 2,
+        **counts,
+        "deferred_session_count": 0,
+    }
+    completed = {
+        **report,
+        "requested_at_ms": 1,
+        "sessions_offset": 10,
+        "events_offset": 20,
+    }
+    del completed["partition"]
+    table_value = {"partition": 2, "pending": [], "releases": [completed]}
+    announcement = {
+        "batch_id": "b",
+        "release_id": "r",
+        "requested_at_ms": 1,
+        "released_at_ms": 2,
+        **counts,
+    }
+
+    read = [
+        codec.decode(_written_with(f"clickstream.{name}@{schema_id}.avsc", schema_id, record))
+        for name, schema_id, record in (
+            ("PartitionReleased", 7, report),
+            ("PartitionReleases", 15, table_value),
+            ("BatchReleased", 8, announcement),
+        )
+    ]
+
+    assert [decoded.record for decoded in read] == [
+        {**report, "content_digest": None},
+        {**table_value, "releases": [{**completed, "content_digest": None}]},
+        {**announcement, "content_digest": None},
+    ]

@@ -32,6 +32,7 @@ HANDLERS = Handlers(
     CODEC,
     ControlAuth.from_settings(SETTINGS),
     None,
+    None,
     None,  # type: ignore[arg-type]
 )
 
