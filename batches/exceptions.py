@@ -15,3 +15,7 @@ class MissingMongoUriError(BatchStoreError, ValueError):
 
 class BatchContentMismatchError(BatchStoreError):
     """A batch read back is not what was written: its content digest differs."""
+
+
+class BatchExpiredError(BatchStoreError):
+    """The batch expired (``CLICKSTREAM_BATCH_RETENTION_DAYS``): its sessions are gone."""

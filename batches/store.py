@@ -33,7 +33,11 @@ from pymongo.write_concern import WriteConcern
 
 from batches.digest import BatchCheck, PartDigest, batch_digest
 from batches.documents import session_documents
-from batches.exceptions import BatchContentMismatchError, MissingMongoUriError
+from batches.exceptions import (
+    BatchContentMismatchError,
+    BatchExpiredError,
+    MissingMongoUriError,
+)
 from batches.public import public_session
 from clickstream.clock import now_ms
 
@@ -50,6 +54,10 @@ logger = logging.getLogger(__name__)
 RELEASING = "releasing"
 RELEASED = "released"
 EMPTY = "empty"
+# A released batch past CLICKSTREAM_BATCH_RETENTION_DAYS (``batches.expiry``): its
+# sessions are being deleted, then are gone.
+EXPIRING = "expiring"
+EXPIRED = "expired"
 # An empty release leaves no batch: its document is kept this long for the waiting
 # requests to read the outcome, without holding the release_id.
 EMPTY_RELEASE_TTL_SECONDS = 3600
@@ -150,7 +158,7 @@ class Batch:
 
     def public(self) -> dict[str, Any]:
         """The answer of the release and batch endpoints."""
-        released = self.status == RELEASED
+        released = self.status in (RELEASED, EXPIRING, EXPIRED)
         return {
             "batch_id": self.batch_id,
             "release_id": self.release_id,
@@ -458,7 +466,12 @@ class BatchStore:
         """The session's copy in its latest batch (batch ids grow with time), with all its
         events; None if it was never released."""
         head = self.sessions.find_one({"session_id": session_id}, sort=[("batch_id", DESCENDING)])
-        return None if head is None else self._with_chunks(head)
+        if head is None:
+            return None
+        batch = self.batches.find_one({"_id": head["batch_id"]}, {"status": 1})
+        if batch is not None and batch["status"] in (EXPIRING, EXPIRED):
+            return None  # being deleted: what is left of it is not the session
+        return self._with_chunks(head)
 
     def _with_chunks(self, head: dict[str, Any], events_limit: int | None = None) -> dict[str, Any]:
         """A session's document with the events of its chunks appended (up to
@@ -520,18 +533,27 @@ class BatchStore:
         With ``verify`` (and a batch that has a digest), the bytes read are checked against
         the digest recorded when the batch was written: after the last session,
         :class:`BatchContentMismatchError` names the partitions whose sessions changed.
+        :class:`BatchExpiredError` for a batch that expired (or did while it was read).
         """
-        batch = self.get(batch_id) if verify else None
-        check = BatchCheck(batch.part_digests) if batch and batch.content_digest else None
+        batch = self.get(batch_id)
+        if batch is not None and batch.status in (EXPIRING, EXPIRED):
+            raise BatchExpiredError(f"batch {batch_id} is {batch.status}: its sessions are gone")
+        check = (
+            BatchCheck(batch.part_digests) if verify and batch and batch.content_digest else None
+        )
         for doc, documents in self._stored_sessions(batch_id, {}, page_size):
             if check is not None:
                 check.add(doc["partition"], documents)
             yield public_session(doc)
-        if check is not None and (differing := check.differing_parts()):
-            raise BatchContentMismatchError(
-                f"batch {batch_id} is not as it was written: the sessions of partition(s) "
-                f"{', '.join(map(str, differing))} differ from its content digest"
-            )
+        if check is None or not (differing := check.differing_parts()):
+            return
+        now = self.get(batch_id)
+        if now is not None and now.status in (EXPIRING, EXPIRED):
+            raise BatchExpiredError(f"batch {batch_id} expired while it was read")
+        raise BatchContentMismatchError(
+            f"batch {batch_id} is not as it was written: the sessions of partition(s) "
+            f"{', '.join(map(str, differing))} differ from its content digest"
+        )
 
     def _stored_sessions(
         self, batch_id: ObjectId, where: dict[str, Any], page_size: int = 500

@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     release_heal_seconds: float = Field(default=60.0, gt=0)
     """A batch still releasing this long after its markers were sent gets them again, on
     the partitions that have not reported their part."""
+    batch_retention_days: float | None = Field(default=None, gt=0)
+    """Released batches older than this are removed from MongoDB (their sessions and
+    events; the batch's document stays, status ``expired``), unless a batch follower that
+    keeps its batches has not exported them yet. Unset: batches are kept for ever."""
 
     @field_validator(
         "worker_urls",

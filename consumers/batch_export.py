@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
 from bson import ObjectId
 
-from batches.store import RELEASED, Batch, BatchStore, parse_batch_id
+from batches.exceptions import BatchExpiredError
+from batches.store import EXPIRED, EXPIRING, RELEASED, Batch, BatchStore, parse_batch_id
 from consumers.exceptions import BatchExportError
 from consumers.training import (
     RowShape,
@@ -129,6 +130,11 @@ def _released_batch(store: BatchStore, batch_id: str) -> Batch:
     batch = store.get(oid) if oid is not None else None
     if batch is None:
         raise BatchExportError(f"no batch {batch_id!r}")
+    if batch.status in (EXPIRING, EXPIRED):
+        raise BatchExpiredError(
+            f"batch {batch_id} is {batch.status} (CLICKSTREAM_BATCH_RETENTION_DAYS): "
+            "its sessions are gone"
+        )
     if batch.status != RELEASED:
         raise BatchExportError(f"batch {batch_id} is {batch.status}, not released")
     return batch

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from bson import ObjectId
 
+from batches.expiry import BatchExpiry
+from batches.store import EXPIRED, EXPIRING
 from consumers.batch_export import export_batch
 from consumers.batch_reader import BatchReader, ReleasedBatch
 from consumers.exceptions import BatchExportError
@@ -81,6 +83,8 @@ class BatchFollower:
         export_format: ``jsonl`` or ``parquet``.
         options: how training rows are chosen.
         group_id: the follower's consumer group: where it resumes after a restart.
+        keep: hold the batches this group has not exported yet, so that none expires
+            before it did (``batches.expiry``).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class BatchFollower:
         export_format: ExportFormat = "parquet",
         options: TrainingOptions | None = None,
         group_id: str = "batch-follower",
+        keep: bool = True,
     ) -> None:
         if not shapes:
             raise ValueError("at least one row shape to export")
@@ -100,6 +105,7 @@ class BatchFollower:
         self._format: ExportFormat = export_format
         self._options = options or TrainingOptions()
         self._group_id = group_id
+        self._keep = keep
 
     def follow(
         self, stop: threading.Event | None = None, idle_timeout: float | None = None
@@ -110,8 +116,15 @@ class BatchFollower:
         self._output_dir.mkdir(parents=True, exist_ok=True)
         self._discard_partial()
         with BatchReader(self._settings, group_id=self._group_id) as reader:
+            expiry = BatchExpiry(reader.store)
+            if self._keep:
+                expiry.hold(self._group_id)
             for batch in reader.follow(idle_timeout=idle_timeout, stop=stop):
-                yield self._exported(reader.store, batch)
+                manifest = self._exported(reader.store, batch)
+                if self._keep:
+                    expiry.exported(self._group_id, batch.released_at_ms)
+                if manifest is not None:
+                    yield manifest
                 if stop is not None and stop.is_set():
                     return
 
@@ -120,11 +133,20 @@ class BatchFollower:
             logger.info("half-exported batch discarded path=%s", partial)
             shutil.rmtree(partial)
 
-    def _exported(self, store: BatchStore, batch: ReleasedBatch) -> Manifest:
+    def _exported(self, store: BatchStore, batch: ReleasedBatch) -> Manifest | None:
+        """The batch's manifest, once exported (None: it expired before)."""
         final = self._output_dir / batch.batch_id
         if (final / MANIFEST).exists():
             logger.info("batch already exported, skipped batch_id=%s", batch.batch_id)
             return Manifest.read(final / MANIFEST)
+        current = store.get(ObjectId(batch.batch_id))
+        if current is not None and current.status in (EXPIRING, EXPIRED):
+            logger.warning(
+                "batch expired before it was exported, skipped batch_id=%s (follow with "
+                "keep to hold batches until exported)",
+                batch.batch_id,
+            )
+            return None
         batch, erased = _batch_now(store, batch)
         partial = self._output_dir / f"{_PARTIAL_PREFIX}{batch.batch_id}"
         shutil.rmtree(partial, ignore_errors=True)

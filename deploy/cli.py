@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -9,7 +10,7 @@ import threading
 from datetime import UTC, datetime  # noqa: TC003 - typer reads the annotations
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 - typer reads the annotations
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -21,6 +22,9 @@ from clickstream.exceptions import ClickstreamError
 from clickstream.log import configure_logging
 from clickstream.settings import Settings, get_settings
 from consumers.training import RowShape
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 app = typer.Typer(
     help="Clickstream ingestion: HTTP -> Kafka -> stream tables -> MongoDB batches.",
@@ -313,6 +317,13 @@ def follow(
     idle_timeout: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without a batch")
     ] = None,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            help="Hold the batches this group has not exported yet: none expires before "
+            "(CLICKSTREAM_BATCH_RETENTION_DAYS); let go with batch unhold GROUP"
+        ),
+    ] = True,
 ) -> None:
     """Follow the batch topic and export each released batch once into its own directory
     (its files and a manifest.json with counts and SHA-256s, written last). Stops cleanly
@@ -331,12 +342,67 @@ def follow(
         export_format.value,
         TrainingOptions(only_new_clicks, skip_irrelevant, negatives),
         group_id=group,
+        keep=keep,
     )
     try:
         for manifest in follower.follow(stop=stop, idle_timeout=idle_timeout):
             typer.echo(f"batch {manifest.batch_id}: {output_dir / manifest.batch_id}")
     except ClickstreamError as exc:
         _fail(exc)
+
+
+@contextlib.contextmanager
+def _batch_expiry() -> Iterator[Any]:
+    """The batch expiry on the MongoDB of the settings (or of ``make run``)."""
+    from batches.expiry import BatchExpiry  # noqa: PLC0415
+    from batches.store import BatchStore  # noqa: PLC0415
+
+    try:
+        store = BatchStore.from_settings(_with_local_run(get_settings()))
+    except ValueError as exc:
+        _fail(exc)
+    try:
+        yield BatchExpiry(store)
+    except ClickstreamError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+
+
+@batch_app.command("delete")
+def delete(
+    batch_id: Annotated[str, typer.Argument(help="A released batch")],
+    force: Annotated[
+        bool, typer.Option(help="Even if a follower keeping its batches has not exported it")
+    ] = False,
+) -> None:
+    """Expire a released batch now: its sessions leave MongoDB; its document stays, status
+    expired."""
+    from batches.store import parse_batch_id  # noqa: PLC0415
+
+    object_id = parse_batch_id(batch_id)
+    if object_id is None:
+        _fail(ValueError(f"not a batch id: {batch_id!r}"))
+    with _batch_expiry() as expiry:
+        expiry.delete(object_id, force=force)
+    typer.echo(f"batch {batch_id} expired")
+
+
+@batch_app.command("holds")
+def holds() -> None:
+    """The follower groups that keep their batches, and up to which release (UTC ms) each
+    exported."""
+    with _batch_expiry() as expiry:
+        typer.echo(json.dumps(expiry.list_holds(), indent=2))
+
+
+@batch_app.command("unhold")
+def unhold(group: Annotated[str, typer.Argument(help="A follower group")]) -> None:
+    """Stop keeping batches for a follower group that will not come back."""
+    with _batch_expiry() as expiry:
+        if not expiry.unhold(group):
+            _fail(ValueError(f"no hold for {group!r}"))
+    typer.echo(f"{group} no longer holds batches")
 
 
 # The command's name as the issue tracker and older notes spell it.

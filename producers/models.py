@@ -440,7 +440,10 @@ class BatchOut(BaseModel):
 
     batch_id: str = Field(description="24 hex characters: an ObjectId")
     release_id: str
-    status: str = Field(description="releasing, then released")
+    status: str = Field(
+        description="releasing, then released; expiring, then expired once past "
+        "CLICKSTREAM_BATCH_RETENTION_DAYS (the counts stay, the sessions are gone)"
+    )
     requested_at: int
     released_at: int | None
     session_count: int | None

@@ -30,6 +30,7 @@ from bson import ObjectId
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from pymongo.errors import PyMongoError
 
+from batches.expiry import BatchExpiry
 from batches.store import EMPTY, RELEASED, RELEASING
 from clickstream.clock import now_ms
 from schemas import MalformedMessageError, SchemaName, Topics
@@ -67,6 +68,9 @@ _END_OFFSET_TIMEOUT = 2.0
 _FIRST_FETCH_SECONDS = 1.0
 # How often, at most, stalled releases are looked for.
 _HEAL_CHECK_SECONDS = 5.0
+# How often batches past their retention are looked for, and how long each look may work.
+_EXPIRY_CHECK_SECONDS = 5.0
+_EXPIRY_BUDGET_SECONDS = 0.5
 
 
 def batch_id_for(message: Message) -> ObjectId:
@@ -112,6 +116,8 @@ class ReleaseCoordinator:
         self._thread = threading.Thread(target=self._run, name="release-coordinator", daemon=True)
         self._last_tick = 0.0
         self._last_heal_check = 0.0
+        self._last_expiry_check = 0.0
+        self._expiry = BatchExpiry(store)
         self._marker_errors: list[str] = []
 
     def start(self) -> None:
@@ -160,6 +166,7 @@ class ReleaseCoordinator:
             while not self._stopping.is_set() and self._is_leader():
                 self._maybe_tick(plain)
                 self._maybe_heal(plain)
+                self._maybe_expire()
                 ready = _without_errors(reader.poll(0.2))
                 if ready:
                     self._process(reader, plain, producer, ready)
@@ -421,6 +428,18 @@ class ReleaseCoordinator:
             self._avro.encode(SchemaName.RELEASE_OUTCOME, outcome),
             batch.batch_id.encode(),
         )
+
+    def _maybe_expire(self) -> None:
+        """Expire released batches past their retention, a bounded piece at a time."""
+        days = self._settings.batch_retention_days
+        now = time.monotonic()
+        if days is None or now - self._last_expiry_check < _EXPIRY_CHECK_SECONDS:
+            return
+        self._last_expiry_check = now
+        try:
+            self._expiry.expire_due(now_ms() - int(days * 86_400_000), _EXPIRY_BUDGET_SECONDS)
+        except PyMongoError as exc:
+            logger.warning("batches not expired error=%s", exc)
 
     def _maybe_heal(self, plain: Producer) -> None:
         """Send the markers of every stalled release again, to the partitions that have not

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from batches.erasures import ErasureStore
+from batches.expiry import BatchExpiry
 from batches.store import BatchStore
 from clickstream.shutdown import close_within
 from schemas import AvroCodec, Topics
@@ -65,6 +66,7 @@ def run_worker(settings: Settings) -> None:
     store = BatchStore.from_settings(settings)
     store.ensure_indexes()
     ErasureStore(store).ensure_indexes()
+    BatchExpiry(store).ensure_indexes()
     worker = StreamWorker(settings, store, AvroCodec())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.on_signal)

@@ -197,3 +197,12 @@ def test_ports_are_on_loopback_and_memory_is_bounded(services: dict[str, dict[st
             assert interpolated(port, everywhere).startswith(
                 everywhere["CLICKSTREAM_PUBLISH_ADDRESS"]
             )
+
+
+def test_grafana_has_no_admin_with_the_default_password(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    environment = services["grafana"]["environment"]
+    assert environment["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert environment["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in environment

@@ -170,8 +170,10 @@ class Soak:
         for thread in threading.enumerate():
             if thread.name == "soak-release":
                 thread.join()
-        last = self._release(gateway.address, time.monotonic() - started, wait=True)
-        self._wait_released(settings)
+        at = time.monotonic() - started
+        self._restart_if_exited(worker, at)
+        last = self._release(gateway.address, at, wait=True, worker=worker)
+        self._wait_released(settings, worker, at)
         batches = released_batches(settings)
         outcome = "every acknowledged event in exactly one batch"
         try:
@@ -275,7 +277,12 @@ class Soak:
             target=self._release, args=(url, at), name="soak-release", daemon=True
         ).start()
 
-    def _release(self, url: str, at: float, wait: bool = False) -> dict[str, Any]:
+    def _release(
+        self, url: str, at: float, wait: bool = False, worker: LocalWorker | None = None
+    ) -> dict[str, Any]:
+        """One release, retried while only Kafka or the coordinator is away; with
+        ``worker``, restarted if it exited meanwhile (after the main loop, nothing else
+        would: a release would wait for a worker that is gone)."""
         release_id = new_id()
         deadline = time.monotonic() + 300
         while True:
@@ -300,6 +307,8 @@ class Soak:
                     time.sleep(5)
                     continue
                 logger.info("release answered 503, retrying")
+            if worker is not None:
+                self._restart_if_exited(worker, at)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"release {release_id} never accepted")
             time.sleep(1)
@@ -308,7 +317,9 @@ class Soak:
         logger.info("release %s", record)
         return record
 
-    def _wait_released(self, settings: Settings, timeout: float = 600) -> None:
+    def _wait_released(
+        self, settings: Settings, worker: LocalWorker, at: float, timeout: float = 600
+    ) -> None:
         from pymongo import MongoClient  # noqa: PLC0415
 
         deadline = time.monotonic() + timeout
@@ -317,6 +328,7 @@ class Soak:
             while batches.count_documents({"status": "releasing"}):
                 if time.monotonic() > deadline:
                     raise RuntimeError("batches still releasing after the soak")
+                self._restart_if_exited(worker, at)
                 time.sleep(1)
 
 

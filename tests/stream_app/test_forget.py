@@ -3,6 +3,7 @@ and content digest follow), the exports and the releases to come; other users' s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,8 @@ def test_a_forgotten_user_is_gone_everywhere_and_others_stay(
         exported = clickstream(settings, "batch", "export", first, "-o", str(tmp_path / "b.jsonl"))
         assert exported.returncode == 0, exported.stderr
         assert f"content digest {batch['content_digest']} (checked)" in exported.stdout
+        lines = (tmp_path / "b.jsonl").read_text().splitlines()
+        assert {json.loads(line)["session_id"] for line in lines} == set(made["kept"])
         pipeline.add_events(made["kept"][0], [event_body()])
         third = pipeline.release(new_id()).json()
         assert released_ids(pipeline, third["batch_id"]) == {made["kept"][0]}

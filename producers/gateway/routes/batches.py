@@ -11,7 +11,7 @@ from bson import ObjectId
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from batches.store import EMPTY, RELEASING, Batch, BatchStore
+from batches.store import EMPTY, EXPIRED, EXPIRING, RELEASING, Batch, BatchStore
 from producers.gateway.deps import GatewayDep, StoreDep
 from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
@@ -83,7 +83,13 @@ def get_batch(batch_id: BatchId, store: StoreDep) -> BatchOut:
     return BatchOut(**_existing(store, batch_id).public())
 
 
-@router.get("/batch/sessions", responses={404: {"description": "No such batch"}})
+@router.get(
+    "/batch/sessions",
+    responses={
+        404: {"description": "No such batch"},
+        410: {"description": "The batch expired (CLICKSTREAM_BATCH_RETENTION_DAYS)"},
+    },
+)
 def batch_sessions(
     batch_id: BatchId,
     store: StoreDep,
@@ -94,6 +100,10 @@ def batch_sessions(
     """A page of the batch's sessions, by ``session_number``: pass the answer's
     ``last_number`` as ``after_number`` to get the next page."""
     batch = _existing(store, batch_id)
+    if batch.status in (EXPIRING, EXPIRED):
+        raise HTTPException(
+            status_code=410, detail=f"batch {batch_id} is {batch.status}: its sessions are gone"
+        )
     sessions = store.sessions_page(ObjectId(batch.batch_id), after_number, limit, events_limit)
     last_number = sessions[-1]["session_number"] if sessions else after_number
     return BatchSessionsPage.model_validate(
