@@ -214,3 +214,35 @@ def test_acls_let_producers_write_only_sessions_and_events(rendered: Resources) 
     gateway = container(rendered, "Deployment", "clickstream-gateway")
     [password] = [e for e in gateway["env"] if e["name"] == "KAFKA_PASSWORD"]
     assert password["valueFrom"]["secretKeyRef"]["name"] == "clickstream-gateway"
+
+
+def test_brokers_mongodb_members_workers_and_gateways_spread_over_nodes(
+    rendered: Resources,
+) -> None:
+    # Brokers and MongoDB members hold the copies acks=all and majority writes wait for:
+    # never two on one node. Gateways and workers spread where they can.
+    pods = {
+        ("Deployment", "clickstream-gateway"): "ScheduleAnyway",
+        ("StatefulSet", "clickstream-worker"): "ScheduleAnyway",
+        ("StatefulSet", "clickstream-mongodb"): "DoNotSchedule",
+    }
+    for (kind, name), when in pods.items():
+        template = one(rendered, kind, name)["spec"]["template"]
+        [spread] = template["spec"]["topologySpreadConstraints"]
+        assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == (
+            "kubernetes.io/hostname",
+            when,
+        ), name
+        assert (
+            spread["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        ), name
+    pool = one(rendered, "KafkaNodePool", "dual-role")
+    [spread] = pool["spec"]["template"]["pod"]["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == (
+        "kubernetes.io/hostname",
+        "DoNotSchedule",
+    )
+    assert spread["labelSelector"]["matchLabels"] == {
+        "strimzi.io/cluster": pool["metadata"]["labels"]["strimzi.io/cluster"],
+        "strimzi.io/pool-name": pool["metadata"]["name"],
+    }
