@@ -158,7 +158,8 @@ class Settings(BaseSettings):
     long (its copy stays in MongoDB; later events bring it back)."""
     worker_retry_seconds: float = Field(default=120.0, gt=0)
     """How long a partition whose handling fails for a server's reason (MongoDB or Kafka
-    away) is retried before the worker stops (exit code 3) to start again from its state."""
+    away) is retried before the worker stops (exit code 3) to start again from its state;
+    also how long a starting worker waits for MongoDB's primary."""
     changelog_segment_bytes: int = Field(default=4 * 1024 * 1024, ge=1024 * 1024)
     """Segment size of the workers' compacted changelog: bounds what a restore reads beyond
     the live state (set when the topic is created)."""

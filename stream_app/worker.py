@@ -18,6 +18,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from pymongo.errors import PyMongoError
+
 from batches.erasures import ErasureStore
 from batches.expiry import BatchExpiry
 from batches.store import BatchStore
@@ -57,6 +59,7 @@ _LAGS_SECONDS = 0.2
 # A librdkafka call still blocked this long after its own timeout (30 s) stops the worker.
 _STUCK_SECONDS = 60.0
 _RESTORE_RETRY_SECONDS = 1.0
+_MONGODB_RETRY_SECONDS = 2.0
 _M_ARENA_MAX = -8  # mallopt's parameter number
 
 
@@ -64,9 +67,7 @@ def run_worker(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM. Kafka and MongoDB come from the settings."""
     _bound_malloc_arenas()
     store = BatchStore.from_settings(settings)
-    store.ensure_indexes()
-    ErasureStore(store).ensure_indexes()
-    BatchExpiry(store).ensure_indexes()
+    _indexes_once_mongodb_is_up(store, settings.worker_retry_seconds)
     worker = StreamWorker(settings, store, AvroCodec())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.on_signal)
@@ -311,6 +312,25 @@ class StreamWorker:
                     if found is not None:
                         return found
             return None
+
+
+def _indexes_once_mongodb_is_up(store: BatchStore, wait_seconds: float) -> None:
+    """Make sure of the indexes, waiting up to ``wait_seconds`` for MongoDB: a worker started
+    beside a replica set still being initiated (a fresh cluster) waits for its primary
+    instead of crash-looping. Each try itself waits for a server (server selection)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            store.ensure_indexes()
+            ErasureStore(store).ensure_indexes()
+            BatchExpiry(store).ensure_indexes()
+        except PyMongoError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            logger.warning("waiting for MongoDB (a writable primary) error=%s", exc)
+            time.sleep(_MONGODB_RETRY_SECONDS)
+        else:
+            return
 
 
 def _bound_malloc_arenas() -> None:
