@@ -127,7 +127,7 @@ def test_kafka_is_three_kraft_brokers_with_three_copies(
         )
         assert voters == {"1": "kafka-1:9093", "2": "kafka-2:9093", "3": "kafka-3:9093"}
         assert voters[env["KAFKA_NODE_ID"]] == f"{name}:9093"
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert f"PLAINTEXT://{name}:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
         assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
         assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
     assert len({env["CLUSTER_ID"] for env in brokers.values()}) == 1
@@ -206,3 +206,26 @@ def test_grafana_has_no_admin_with_the_default_password(
     assert environment["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
     assert environment["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
     assert "GF_SECURITY_ADMIN_PASSWORD" not in environment
+
+
+def test_each_broker_has_a_listener_the_host_reaches(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    brokers = {name: service for name, service in services.items() if name.startswith("kafka-")}
+    ports = set()
+    for name, broker in brokers.items():
+        environment = broker["environment"]
+        listeners = dict(
+            listener.split("://") for listener in environment["KAFKA_LISTENERS"].split(",")
+        )
+        advertised = dict(
+            listener.split("://")
+            for listener in environment["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        )
+        host, port = advertised["EXTERNAL"].split(":")
+        assert (host, listeners["EXTERNAL"]) == ("localhost", f":{port}"), name
+        assert "EXTERNAL:PLAINTEXT" in environment["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        assert broker["ports"] == [f"${{CLICKSTREAM_PUBLISH_ADDRESS:-127.0.0.1}}:{port}:{port}"]
+        assert advertised["PLAINTEXT"] == f"{name}:9092", "containers keep theirs"
+        ports.add(port)
+    assert len(ports) == len(brokers) == 3
