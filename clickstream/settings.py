@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     """Workers the gateway reads sessions from, comma-separated: any one asks the owner."""
     worker_request_timeout_seconds: float = Field(default=5.0, gt=0)
     """The gateway's wait for a worker's answer (session reads, readiness)."""
+    ready_grace_seconds: float = Field(default=10.0, ge=0)
+    """The gateway's ``/ready`` turns 503 only once its Kafka metadata check has failed
+    this long without a success between (0: at the first failure); draining, a producer
+    that failed for good and a publish Kafka left unacknowledged count at once."""
     ready_requires_worker: bool = False
     """The gateway's ``/ready`` also needs a worker's ``/ready/`` (``clickstream run`` sets
     it: there the gateway is of no use without its worker)."""

@@ -118,6 +118,9 @@ class KafkaPublisher:
         ] = []
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
+        # Whether a publish went unacknowledged (Kafka's failure, not the message's) since
+        # the last one that was acknowledged.
+        self.failing = False
 
     @property
     def generation(self) -> int:
@@ -259,7 +262,12 @@ class KafkaPublisher:
         try:
             await asyncio.wait_for(future, self.timeout + _WAIT_MARGIN_SECONDS)
         except TimeoutError:
+            self.failing = True
             raise PublishUnavailableError("Kafka did not acknowledge in time") from None
+        except PublishUnavailableError:
+            self.failing = True
+            raise
+        self.failing = False
 
     def publish_sync(self, messages: Sequence[OutgoingMessage]) -> None:
         """Blocking :meth:`publish`, for code without an event loop."""
@@ -275,7 +283,12 @@ class KafkaPublisher:
         try:
             future.result(self.timeout + _WAIT_MARGIN_SECONDS)
         except concurrent.futures.TimeoutError:
+            self.failing = True
             raise PublishUnavailableError("Kafka did not acknowledge in time") from None
+        except PublishUnavailableError:
+            self.failing = True
+            raise
+        self.failing = False
 
     def partition_count(self, topic: str, timeout: float = 10.0) -> int | None:
         """How many partitions ``topic`` has; None if it is missing or cannot be read."""

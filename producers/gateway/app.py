@@ -18,6 +18,7 @@ from producers.gateway.deps import Gateway
 from producers.gateway.errors import add_error_handlers
 from producers.gateway.fast_ingest import FastIngest
 from producers.gateway.metrics import GatewayMetrics, MeteredPublisher
+from producers.gateway.readiness import ReadinessGrace
 from producers.gateway.routes import batches, health, sessions, users
 from producers.gateway.security import (
     INGEST_REFUSAL,
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             workers=workers,
             store=store,
+            kafka_grace=ReadinessGrace(settings.ready_grace_seconds),
         )
         try:
             yield

@@ -11,6 +11,7 @@ from batches.store import BatchStore
 
 if TYPE_CHECKING:
     from clickstream.settings import Settings
+    from producers.gateway.readiness import ReadinessGrace
     from producers.gateway.workers import WorkerClient
     from producers.grouping import GroupingPublisher
     from producers.ingest import IngestMessages
@@ -33,6 +34,7 @@ class Gateway:
     grouping: GroupingPublisher
     workers: WorkerClient
     store: BatchStore | None
+    kafka_grace: ReadinessGrace
 
 
 # The dependencies are coroutines although they never wait: FastAPI runs a plain function

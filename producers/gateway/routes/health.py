@@ -30,8 +30,9 @@ async def health() -> dict[str, str]:
     },
 )
 async def ready(gateway: GatewayDep) -> JSONResponse:
-    """A producer can publish: Kafka is reachable, has the topics the gateway writes, and the
-    producer has not failed for good (it is being replaced). With
+    """A producer can publish: Kafka is reachable, has the topics the gateway writes (or did
+    less than ``CLICKSTREAM_READY_GRACE_SECONDS`` ago), and the producer has not failed for
+    good (it is being replaced). With
     ``CLICKSTREAM_READY_REQUIRES_WORKER`` a stream worker must be ready too. Not ready
     either once SIGTERM came: the gateway is draining."""
     if is_draining():
@@ -43,9 +44,13 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
                 gateway.publisher.missing_topics, gateway.topics.ingest()
             )
         except Exception as exc:  # noqa: BLE001 - any failure to reach Kafka means not ready
-            detail = str(exc)
+            failure: str | None = str(exc)
         else:
-            detail = f"missing topics: {', '.join(missing)}" if missing else None
+            failure = f"missing topics: {', '.join(missing)}" if missing else None
+        # A blip of the metadata check is given the grace; a publish Kafka left
+        # unacknowledged for the publish timeout has shown the failure lasts.
+        failing = failure is not None and gateway.publisher.failing
+        detail = failure if failing else gateway.kafka_grace.judge(failure)
     if detail is None and gateway.settings.ready_requires_worker:
         detail = await gateway.workers.ready()
     if detail is not None:
