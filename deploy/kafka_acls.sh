@@ -35,18 +35,38 @@ for topic in sessions events; do
 done
 acl --allow-principal "${PRODUCER}" --operation IdempotentWrite --cluster
 
-# Workers: read the pipeline's topics, write markers, ticks, reports, dead letters, batch
-# announcements (in transactions) and their tables' changelogs (<prefix>stream-*).
-acl --allow-principal "${WORKER}" --operation All --resource-pattern-type prefixed --topic "${PREFIX}"
-acl --allow-principal "${WORKER}" --operation All --resource-pattern-type prefixed --group "${PREFIX}"
-acl --allow-principal "${WORKER}" --operation All --resource-pattern-type prefixed --transactional-id "${PREFIX}"
+# Workers, least privilege: read the ingest and releases topics; write markers and ticks
+# (ingest topics), part reports (releases), announcements (batches), dead letters; own
+# their state changelog (created by the first worker); their groups; their transactions.
+for topic in sessions events releases; do
+  acl --allow-principal "${WORKER}" --operation Read --operation Write --operation Describe --topic "${PREFIX}${topic}"
+done
+for topic in batches dead-letter; do
+  acl --allow-principal "${WORKER}" --operation Write --operation Describe --topic "${PREFIX}${topic}"
+done
+acl --allow-principal "${WORKER}" --operation Read --operation Write --operation Describe --operation Create --topic "${PREFIX}stream-state-changelog"
+for group in stream stream-restore release-coordinator; do
+  acl --allow-principal "${WORKER}" --operation Read --operation Describe --group "${PREFIX}${group}"
+done
+acl --allow-principal "${WORKER}" --operation Write --operation Describe --resource-pattern-type prefixed --transactional-id "${PREFIX}stream-state-"
+acl --allow-principal "${WORKER}" --operation Write --operation Describe --transactional-id "${PREFIX}release-coordinator"
 acl --allow-principal "${WORKER}" --operation IdempotentWrite --cluster
 
-# Operators: release requests, and reading any topic in groups of their own.
-acl --allow-principal "${OPERATOR}" --operation Write --operation Describe --topic "${PREFIX}releases"
+# Operators: release requests, dead letters replayed to the ingest topics, and reading any
+# topic in groups of their own (release --via kafka waits in release-waiter-<uuid>,
+# dead-letters reads in dead-letters-<uuid>).
+for topic in releases sessions events; do
+  acl --allow-principal "${OPERATOR}" --operation Write --operation Describe --topic "${PREFIX}${topic}"
+done
+acl --allow-principal "${OPERATOR}" --operation IdempotentWrite --cluster
 acl --allow-principal "${OPERATOR}" --operation Read --operation Describe --resource-pattern-type prefixed --topic "${PREFIX}"
-acl --allow-principal "${OPERATOR}" --operation Read --resource-pattern-type prefixed --group clickstream-operator-
+for group in clickstream-operator- release-waiter- dead-letters-; do
+  acl --allow-principal "${OPERATOR}" --operation Read --resource-pattern-type prefixed --group "${group}"
+done
 
-# Fine-tuning jobs (consumers/batch_reader.py): the batch topic, in groups of their own.
+# Fine-tuning jobs (consumers/batch_reader.py, batch follow): the batch topic.
 acl --allow-principal "${FINE_TUNING}" --operation Read --operation Describe --topic "${PREFIX}batches"
-acl --allow-principal "${FINE_TUNING}" --operation Read --resource-pattern-type prefixed --group fine-tuning
+# Groups: BatchReader's default (fine-tuning...) and batch follow's (batch-follower...).
+for group in fine-tuning batch-follower; do
+  acl --allow-principal "${FINE_TUNING}" --operation Read --resource-pattern-type prefixed --group "${group}"
+done

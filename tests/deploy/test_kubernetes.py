@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -194,23 +196,37 @@ def writers(rendered: Resources, topic: str) -> set[str]:
     for user in (r for r in rendered if r["kind"] == "KafkaUser"):
         for acl in user["spec"]["authorization"]["acls"]:
             resource = acl["resource"]
+            if resource["type"] != "topic":
+                continue
             matches = (
                 resource["name"] == topic
                 if resource["patternType"] == "literal"
                 else (topic.startswith(resource["name"]))
             )
-            if resource["type"] == "topic" and matches and "Write" in acl["operations"]:
+            if matches and "Write" in acl["operations"]:
                 found.add(user["metadata"]["name"])
     return found
 
 
 def test_acls_let_producers_write_only_sessions_and_events(rendered: Resources) -> None:
     names = Topics("clickstream.")
-    assert writers(rendered, names.sessions) == {"clickstream-gateway", "clickstream-producer"}
-    assert writers(rendered, names.events) == {"clickstream-gateway", "clickstream-producer"}
-    assert writers(rendered, names.releases) == {"clickstream-gateway", "clickstream-operator"}
-    for topic in (names.batches, names.dead_letter):
-        assert writers(rendered, topic) == set()
+    # Producers write only the ingest topics; workers write their markers there, operators
+    # replay dead letters there.
+    ingest_writers = {
+        "clickstream-gateway",
+        "clickstream-producer",
+        "clickstream-worker",
+        "clickstream-operator",
+    }
+    assert writers(rendered, names.sessions) == ingest_writers
+    assert writers(rendered, names.events) == ingest_writers
+    assert writers(rendered, names.releases) == {
+        "clickstream-gateway",
+        "clickstream-worker",
+        "clickstream-operator",
+    }
+    for topic in (names.batches, names.dead_letter, names.state_changelog):
+        assert writers(rendered, topic) == {"clickstream-worker"}
     gateway = container(rendered, "Deployment", "clickstream-gateway")
     [password] = [e for e in gateway["env"] if e["name"] == "KAFKA_PASSWORD"]
     assert password["valueFrom"]["secretKeyRef"]["name"] == "clickstream-gateway"
@@ -246,3 +262,61 @@ def test_brokers_mongodb_members_workers_and_gateways_spread_over_nodes(
         "strimzi.io/cluster": pool["metadata"]["labels"]["strimzi.io/cluster"],
         "strimzi.io/pool-name": pool["metadata"]["name"],
     }
+
+
+def _script_acls() -> set[tuple[str, str, str, str, frozenset[str]]]:
+    """What ``deploy/kafka_acls.sh`` grants: (user, resource type, name, pattern, operations)."""
+    script = ROOT / "deploy" / "kafka_acls.sh"
+    bash = shutil.which("bash") or "/bin/bash"
+    printed = subprocess.run(  # noqa: S603 - our script, fixed arguments
+        [bash, str(script), "broker:9093", "admin.properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = set()
+    for line in printed.splitlines():
+        words = line.split()
+        user = words[words.index("--allow-principal") + 1].removeprefix("User:")
+        operations = frozenset(w for i, w in enumerate(words) if words[i - 1] == "--operation")
+        pattern = "prefix" if "--resource-pattern-type" in words else "literal"
+        kind, name = next(
+            (kind, words[words.index(option) + 1] if option != "--cluster" else "")
+            for option, kind in (
+                ("--topic", "topic"),
+                ("--group", "group"),
+                ("--transactional-id", "transactionalId"),
+                ("--cluster", "cluster"),
+            )
+            if option in words
+        )
+        found.add((user, kind, name, "literal" if kind == "cluster" else pattern, operations))
+    return found
+
+
+def test_the_acl_script_and_the_kafka_users_grant_the_same(rendered: Resources) -> None:
+    users = {
+        (
+            user["metadata"]["name"],
+            acl["resource"]["type"],
+            acl["resource"].get("name", ""),
+            acl["resource"].get("patternType", "literal"),
+            frozenset(acl["operations"]),
+        )
+        for user in rendered
+        if user["kind"] == "KafkaUser"
+        for acl in user["spec"]["authorization"]["acls"]
+    }
+    assert users == _script_acls()
+    worker = {acl for acl in users if acl[0] == "clickstream-worker"}
+    assert all(not {"Delete", "Alter", "All"} & acl[4] for acl in worker), "least privilege"
+    names = Topics("clickstream.")
+    assert {acl[2] for acl in worker if acl[1] == "topic"} == {
+        names.sessions,
+        names.events,
+        names.releases,
+        names.batches,
+        names.dead_letter,
+        names.state_changelog,
+    }
+    assert ("clickstream-worker", "group", names.stream_app_id) in {acl[:3] for acl in worker}
