@@ -49,10 +49,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # The last resort once SIGTERM came: whatever still waits on a gone broker, exit.
-# Within it the LeaveGroup gets the most time: without it, the partitions wait for the
-# member's session to expire (for ever on the local broker).
-_STOP_DEADLINE_SECONDS = 10.0
-_LEAVE_SECONDS = 4.0
+# Within it (a stop takes at most 10 s, servers up or not) the LeaveGroup gets the most
+# time: without it, the partitions wait for the member's session to expire (for ever on
+# the local broker).
+_STOP_DEADLINE_SECONDS = 8.0
+_LEAVE_SECONDS = 3.0
 _CLOSE_SECONDS = 1.5
 _POLL_SECONDS = 0.2
 _LAGS_SECONDS = 0.2
