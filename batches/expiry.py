@@ -110,7 +110,7 @@ class BatchExpiry:
         batch = self._store.get(batch_id)
         if batch is None:
             raise BatchStoreError(f"no batch {batch_id}")
-        if batch.status not in (RELEASED, EXPIRING, EXPIRED):
+        if batch.status != RELEASED and not batch.expired:
             raise BatchStoreError(f"batch {batch_id} is {batch.status}: not released")
         waiting = [
             holder

@@ -58,6 +58,7 @@ EMPTY = "empty"
 # sessions are being deleted, then are gone.
 EXPIRING = "expiring"
 EXPIRED = "expired"
+GONE = (EXPIRING, EXPIRED)
 # An empty release leaves no batch: its document is kept this long for the waiting
 # requests to read the outcome, without holding the release_id.
 EMPTY_RELEASE_TTL_SECONDS = 3600
@@ -125,6 +126,11 @@ class Batch:
         )
 
     @property
+    def expired(self) -> bool:
+        """Expiring or expired: its sessions are (being) deleted."""
+        return self.status in GONE
+
+    @property
     def part_digests(self) -> dict[int, str]:
         """Each partition's part digest, once all are known (empty otherwise)."""
         digests = {int(p): part.get("content_digest") for p, part in self.partitions.items()}
@@ -158,7 +164,7 @@ class Batch:
 
     def public(self) -> dict[str, Any]:
         """The answer of the release and batch endpoints."""
-        released = self.status in (RELEASED, EXPIRING, EXPIRED)
+        released = self.status == RELEASED or self.expired
         return {
             "batch_id": self.batch_id,
             "release_id": self.release_id,
@@ -469,7 +475,7 @@ class BatchStore:
         if head is None:
             return None
         batch = self.batches.find_one({"_id": head["batch_id"]}, {"status": 1})
-        if batch is not None and batch["status"] in (EXPIRING, EXPIRED):
+        if batch is not None and batch["status"] in GONE:
             return None  # being deleted: what is left of it is not the session
         return self._with_chunks(head)
 
@@ -536,7 +542,7 @@ class BatchStore:
         :class:`BatchExpiredError` for a batch that expired (or did while it was read).
         """
         batch = self.get(batch_id)
-        if batch is not None and batch.status in (EXPIRING, EXPIRED):
+        if batch is not None and batch.expired:
             raise BatchExpiredError(f"batch {batch_id} is {batch.status}: its sessions are gone")
         check = (
             BatchCheck(batch.part_digests) if verify and batch and batch.content_digest else None
@@ -548,7 +554,7 @@ class BatchStore:
         if check is None or not (differing := check.differing_parts()):
             return
         now = self.get(batch_id)
-        if now is not None and now.status in (EXPIRING, EXPIRED):
+        if now is not None and now.expired:
             raise BatchExpiredError(f"batch {batch_id} expired while it was read")
         raise BatchContentMismatchError(
             f"batch {batch_id} is not as it was written: the sessions of partition(s) "

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 from bson import ObjectId
 
 from batches.exceptions import BatchExpiredError
-from batches.store import EXPIRED, EXPIRING, RELEASED, Batch, BatchStore, parse_batch_id
+from batches.store import RELEASED, Batch, BatchStore, parse_batch_id
 from consumers.exceptions import BatchExportError
 from consumers.training import (
     RowShape,
@@ -130,7 +130,7 @@ def _released_batch(store: BatchStore, batch_id: str) -> Batch:
     batch = store.get(oid) if oid is not None else None
     if batch is None:
         raise BatchExportError(f"no batch {batch_id!r}")
-    if batch.status in (EXPIRING, EXPIRED):
+    if batch.expired:
         raise BatchExpiredError(
             f"batch {batch_id} is {batch.status} (CLICKSTREAM_BATCH_RETENTION_DAYS): "
             "its sessions are gone"

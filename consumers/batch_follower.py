@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from bson import ObjectId
 
 from batches.expiry import BatchExpiry
-from batches.store import EXPIRED, EXPIRING
 from consumers.batch_export import export_batch
 from consumers.batch_reader import BatchReader, ReleasedBatch
 from consumers.exceptions import BatchExportError
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from batches.store import BatchStore
+    from batches.store import Batch, BatchStore
     from clickstream.settings import Settings
     from consumers.batch_export import ExportFormat
 
@@ -140,14 +139,14 @@ class BatchFollower:
             logger.info("batch already exported, skipped batch_id=%s", batch.batch_id)
             return Manifest.read(final / MANIFEST)
         current = store.get(ObjectId(batch.batch_id))
-        if current is not None and current.status in (EXPIRING, EXPIRED):
+        if current is not None and current.expired:
             logger.warning(
                 "batch expired before it was exported, skipped batch_id=%s (follow with "
                 "keep to hold batches until exported)",
                 batch.batch_id,
             )
             return None
-        batch, erased = _batch_now(store, batch)
+        batch, erased = _batch_now(batch, current)
         partial = self._output_dir / f"{_PARTIAL_PREFIX}{batch.batch_id}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -194,10 +193,9 @@ class BatchFollower:
         return manifest
 
 
-def _batch_now(store: BatchStore, batch: ReleasedBatch) -> tuple[ReleasedBatch, int]:
-    """The announced batch with its counts and digest as they are now, after erasures
-    that took sessions out of it since (``batches.erasures``); how many they took."""
-    current = store.get(ObjectId(batch.batch_id))
+def _batch_now(batch: ReleasedBatch, current: Batch | None) -> tuple[ReleasedBatch, int]:
+    """The announced batch with its counts and digest as they are now (``current``), after
+    erasures that took sessions out of it since (``batches.erasures``); how many they took."""
     if current is None or not current.erased_session_count:
         return batch, 0
     now = replace(
