@@ -4,15 +4,15 @@ fine-tuning jobs."""
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from typing import Annotated
 
 from bson import ObjectId
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from batches.store import EMPTY, EXPIRED, EXPIRING, RELEASING, Batch, BatchStore
+from batches.store import EMPTY, RELEASING, Batch, BatchStore
 from producers.gateway.deps import GatewayDep, StoreDep
+from producers.gateway.polling import poll
 from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
 from producers.models import BatchOut, BatchSessionsPage, ReleaseIn
@@ -60,7 +60,7 @@ async def release(request: Request, gateway: GatewayDep, store: StoreDep) -> JSO
         await gateway.publisher.publish([message])
         # However short the wait, give the coordinator time to name the batch.
         named_by = max(deadline, started + settings.publish_timeout_seconds)
-        batch = await _poll(lambda: store.find_by_request(request_id), named_by)
+        batch = await poll(lambda: store.find_by_request(request_id), named_by, _POLL_SECONDS)
         if batch is None:
             raise HTTPException(
                 status_code=503,
@@ -70,7 +70,10 @@ async def release(request: Request, gateway: GatewayDep, store: StoreDep) -> JSO
             )
     if batch.status == RELEASING:
         batch_id = batch.batch_id
-        batch = await _poll(lambda: _finished(store.get(ObjectId(batch_id))), deadline) or batch
+        finished = await poll(
+            lambda: _finished(store.get(ObjectId(batch_id))), deadline, _POLL_SECONDS
+        )
+        batch = finished or batch
     if batch.status == EMPTY:
         raise HTTPException(status_code=404, detail=NOTHING_TO_RELEASE)
     status_code = 202 if batch.status == RELEASING else 200
@@ -100,7 +103,7 @@ def batch_sessions(
     """A page of the batch's sessions, by ``session_number``: pass the answer's
     ``last_number`` as ``after_number`` to get the next page."""
     batch = _existing(store, batch_id)
-    if batch.status in (EXPIRING, EXPIRED):
+    if batch.expired:
         raise HTTPException(
             status_code=410, detail=f"batch {batch_id} is {batch.status}: its sessions are gone"
         )
@@ -120,12 +123,3 @@ def _existing(store: BatchStore, batch_id: str) -> Batch:
 
 def _finished(batch: Batch | None) -> Batch | None:
     return batch if batch is not None and batch.status != RELEASING else None
-
-
-async def _poll(find: Callable[[], Batch | None], deadline: float) -> Batch | None:
-    """Call ``find`` (blocking, in a thread) until it returns a batch or time runs out."""
-    while True:
-        batch = await asyncio.to_thread(find)
-        if batch is not None or time.monotonic() >= deadline:
-            return batch
-        await asyncio.sleep(_POLL_SECONDS)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from batches.erasures import FORGETTING, Erasure, ErasureStore
 from producers.gateway.deps import GatewayDep, StoreDep
+from producers.gateway.polling import poll
 from producers.gateway.refusals import REFUSALS
 from producers.gateway.request_body import body_schema, parse_body
 from producers.models import ErasureOut, ForgetIn
@@ -41,10 +42,14 @@ async def forget(request: Request, gateway: GatewayDep, store: StoreDep) -> JSON
     request_id = uuid.uuid4().hex
     await gateway.publisher.publish([gateway.messages.forget_request(body.user_id, request_id)])
     erasures = ErasureStore(store)
-    receipt = await asyncio.to_thread(erasures.get, request_id)
-    while (receipt is None or receipt.status == FORGETTING) and time.monotonic() < deadline:
-        await asyncio.sleep(_POLL_SECONDS)
-        receipt = await asyncio.to_thread(erasures.get, request_id)
+
+    def done() -> Erasure | None:
+        receipt = erasures.get(request_id)
+        return receipt if receipt is not None and receipt.status != FORGETTING else None
+
+    receipt = await poll(done, deadline, _POLL_SECONDS) or await asyncio.to_thread(
+        erasures.get, request_id
+    )
     if receipt is None:  # not opened yet: say what to ask for
         receipt = Erasure(
             request_id, FORGETTING, int(time.time() * 1000), settings.topic_partitions, {}
