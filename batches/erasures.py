@@ -192,30 +192,30 @@ class ErasureStore:
             )
 
     def _part_erased(self, batch_id: ObjectId, partition: int, heads: list[dict[str, Any]]) -> None:
-        """Lower the part's counts, and compute its digest again (the batch's too)."""
+        """Lower the part's counts, and compute its digest again (the batch's too), in one
+        update of the batch."""
         store = self._batches
+        batch = store.get(batch_id)
+        if batch is None:
+            return
         path = f"partitions.{partition}"
-        batch = store.batches.find_one({"_id": batch_id}, {path: 1})
-        part = (batch or {}).get("partitions", {}).get(str(partition))
-        update: dict[str, Any] = {
-            "$inc": {
-                "erased_session_count": len(heads),
-                f"{path}.session_count": -len(heads),
-                f"{path}.event_count": -sum(head["event_count"] for head in heads),
-                f"{path}.repeat_session_count": -sum(bool(head["is_repeat"]) for head in heads),
-            }
-        }
+        part = batch.partitions.get(str(partition))
+        update: dict[str, Any] = {"$inc": {"erased_session_count": len(heads)}}
         if part is None:  # its report is not in yet: it will count what is left
-            update["$inc"] = {"erased_session_count": len(heads)}
-        elif part.get("content_digest") is not None:
-            update["$set"] = {f"{path}.content_digest": store.part_digest(batch_id, partition)}
+            store.batches.update_one({"_id": batch_id}, update)
+            return
+        update["$inc"] |= {
+            f"{path}.session_count": -len(heads),
+            f"{path}.event_count": -sum(head["event_count"] for head in heads),
+            f"{path}.repeat_session_count": -sum(bool(head["is_repeat"]) for head in heads),
+        }
+        if part.get("content_digest") is not None:
+            digest = store.part_digest(batch_id, partition)
+            update["$set"] = {f"{path}.content_digest": digest}
+            if batch.content_digest is not None:
+                parts = {**batch.part_digests, partition: digest}
+                update["$set"]["content_digest"] = batch_digest(parts)
         store.batches.update_one({"_id": batch_id}, update)
-        released = store.get(batch_id)
-        if released is not None and released.content_digest is not None:
-            store.batches.update_one(
-                {"_id": batch_id},
-                {"$set": {"content_digest": batch_digest(released.part_digests)}},
-            )
 
     # -- partition owners ---------------------------------------------------------------
 
