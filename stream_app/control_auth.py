@@ -1,7 +1,7 @@
 """Control messages nobody else can forge.
 
-Release and forget markers, partition ticks and part reports share topics that producers may write
-to (the sessions, events and releases topics). Each one the pipeline writes carries an
+Release and forget markers, partition ticks and part reports share topics that producers
+may write to (the sessions, events and releases topics). Each one the pipeline writes carries an
 HMAC-SHA256 of its topic and exact value bytes in the ``clickstream-signature`` header,
 keyed with ``CLICKSTREAM_CONTROL_SECRET``; a control message without a valid one is
 refused. The value is signed as it is, so the schemas stay as they are. A genuine marker
@@ -19,6 +19,7 @@ from clickstream import clock
 from clickstream.credentials import control_secrets
 from schemas import SchemaName
 from stream_app.exceptions import MissingControlSecretError
+from stream_app.outgoing import Outgoing
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -79,6 +80,10 @@ class ControlAuth:
         """The headers that make ``value`` on ``topic`` a genuine control message (typed
         loosely: faust and confluent-kafka each declare their own header types)."""
         return {HEADER: self._digest(self._secrets[0], topic, value)}
+
+    def signed(self, topic: str, key: bytes, value: bytes) -> Outgoing:
+        """``value`` as a control message the worker sends on ``topic``, signed."""
+        return Outgoing(topic, key, value, headers=self.headers(topic, value))
 
     def is_signed(self, topic: str, value: bytes, headers: Any) -> bool:
         given = _header(headers)

@@ -15,7 +15,6 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from schemas import SchemaName
-from stream_app.outgoing import Outgoing
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from schemas import AvroCodec, Topics
     from schemas.records import ForgetMarker, PartitionForgot
     from stream_app.control_auth import ControlAuth
+    from stream_app.outgoing import Outgoing
     from stream_app.state.partition import PartitionState
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,7 @@ class Forgetting:
             "session_count": len(entries),
         }
         value = self._codec.encode(SchemaName.PARTITION_FORGOT, report)
-        out.append(
-            Outgoing(
-                self._names.releases,
-                marker["request_id"].encode(),
-                value,
-                headers=self._control.headers(self._names.releases, value),
-            )
-        )
+        out.append(self._control.signed(self._names.releases, marker["request_id"].encode(), value))
 
     def is_forgotten(self, session_id: str) -> bool:
         """Whether the session was erased (lately): its late events are dropped."""

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, cast
 from clickstream import clock
 from schemas import MalformedMessageError, SchemaName
 from stream_app import dead_letters, join, releases
-from stream_app.outgoing import Outgoing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     )
     from stream_app.control_auth import ControlAuth
     from stream_app.forgetting import Forgetting
+    from stream_app.outgoing import Outgoing
     from stream_app.part_writer import PartWriter
     from stream_app.state.partition import PartitionState
 
@@ -442,12 +442,7 @@ class Handlers:
             **counts,
         }
         value = self._codec.encode(SchemaName.PARTITION_RELEASED, report)
-        return Outgoing(
-            self._names.releases,
-            cut["batch_id"].encode(),
-            value,
-            headers=self._control.headers(self._names.releases, value),
-        )
+        return self._control.signed(self._names.releases, cut["batch_id"].encode(), value)
 
 
 # Records of one event; registrations and batches are listed by the branches below.
