@@ -13,6 +13,7 @@ reads every session of the partition:
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -144,13 +145,12 @@ class PartitionState:
     def user_entries(self, user_id: str) -> list[SessionEntry]:
         """Every registered session of ``user_id``, staged changes included: a scan of
         the partition's registrations (erasures are rare; no index costs each click)."""
-        ids = set(self.backend.session_ids()) | self._staged_sessions()
-        return [
-            entry
-            for entry in self._entries(sorted(ids))
-            if (registration := self.registration(entry["session_id"])) is not None
-            and registration["user_id"] == user_id
-        ]
+        staged = self._staged_sessions()
+        ids = itertools.chain(staged, (i for i in self.backend.session_ids() if i not in staged))
+        # Streamed, not gathered (a partition may hold millions); the entry decoded only
+        # for the user's sessions.
+        users = (i for i in ids if (r := self.registration(i)) and r["user_id"] == user_id)
+        return list(self._entries(users))
 
     def _entries(self, session_ids: Iterable[str]) -> Iterator[SessionEntry]:
         for session_id in session_ids:
