@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint compat bench profile soak install clean
+.PHONY: run test lint compat checkov bench profile soak install clean
 
 run: $(STAMP)  ## Run the pipeline on its embedded local servers, in the foreground
 	$(BIN)/clickstream run
@@ -32,6 +32,9 @@ lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter, [tool.impor
 compat:  ## Import every module and run the unit tests under the newest Python here (.venv-compat)
 	scripts/compat.sh
 
+checkov:  ## checkov (pinned, .venv-checkov) over deploy/: the rendered overlays, the Dockerfile, secrets
+	scripts/checkov.sh
+
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml changes, so a second `make run` starts in seconds.
@@ -42,4 +45,4 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 clean:  ## Remove the virtual environment and the local servers' data
-	rm -rf $(VENV) .venv-compat .clickstream
+	rm -rf $(VENV) .venv-compat .venv-checkov .clickstream
