@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     """A partition's batch is committed (one Kafka transaction) at most this long after its
     first message: at a low rate a transaction is paid once per interval, not per message;
     the state a worker shows lags its input by about this much."""
+    worker_source_purge_seconds: float = Field(default=0.0, ge=0)
+    """Every this many seconds a worker deletes from the sessions and events topics what it
+    has handled and committed (DeleteRecords: the Delete operation on those topics); 0, the
+    default: never, the topics keep their retention. ``clickstream run`` sets 10 for its
+    local broker, whose cost per request grows with everything it holds."""
     worker_web_host: str = "127.0.0.1"
     """Where a worker serves sessions, readiness and metrics, and the address it gives the
     others to reach it (loopback: only the gateway needs it)."""

@@ -5,7 +5,8 @@ the same partition numbers of both, so one worker holds everything of a session.
 to start in a partition is not the group's committed offset but the position recorded in
 the partition's state (see ``changelog``): the worker that gets a partition restores its
 state first, then reads from exactly where that state ends. Offsets are committed to the
-group too, after each batch, for lag monitoring only.
+group too, after each batch, for lag monitoring only; where the settings ask for it, what
+lies below them is deleted from the topics (``source_purge``).
 
 Static membership (``CLICKSTREAM_WORKER_ID`` as ``group.instance.id``) gives a restarted
 worker its partitions back without a rebalance; a clean stop leaves the group at once.
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from stream_app.source_purge import SourcePurge
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -95,6 +98,7 @@ class SourceConsumer:
                 "queued.max.messages.kbytes": 32 * 1024,
             }
         )
+        self._purge = SourcePurge(settings)
         self._idle_seconds = settings.worker_idle_poll_seconds
         self._assigned: set[int] = set()
         # The next offset to read, per (topic, partition): to resume a paused one there.
@@ -149,6 +153,8 @@ class SourceConsumer:
         self._assigned -= set(numbers)
         for number in numbers:
             self._paused_until.pop(number, None)
+            for topic in (self.sessions_topic, self.events_topic):
+                self._purge.forget(topic, number)
         logger.info("partitions revoked partitions=%s", ",".join(map(str, numbers)))
         self._on_revoked(numbers)
         consumer.unassign()
@@ -166,6 +172,7 @@ class SourceConsumer:
         """The messages there are (up to ``max_messages``), waiting up to ``timeout`` for
         the first; errors the client recovers from are logged and left out."""
         self._resume_when_due()
+        self._purge.run_if_due()
         if self._idle:
             messages = self._read(max_messages, min(timeout, self._idle_seconds))
             if not messages and time.monotonic() - self._last_look >= self._idle_seconds:
@@ -280,7 +287,8 @@ class SourceConsumer:
             self._consumer.resume(self._pairs(due))
 
     def commit(self, offsets: dict[int, StartAt]) -> None:
-        """Tell the group where the partitions stand (for lag monitoring only)."""
+        """Tell the group where the partitions stand (for lag monitoring only), once their
+        state up to there is committed; what lies below may then be deleted."""
         committed = [
             TopicPartition(topic, number, offset)
             for number, start in offsets.items()
@@ -292,6 +300,8 @@ class SourceConsumer:
         ]
         if not committed:
             return
+        for tp in committed:
+            self._purge.note(tp.topic, tp.partition, tp.offset)
         try:
             self._consumer.commit(offsets=committed, asynchronous=True)
         except (KafkaException, RuntimeError) as exc:  # RuntimeError: closed

@@ -88,6 +88,9 @@ def settings_factory(
             "data_dir": tmp_path_factory.mktemp("data"),
             "internal_tokens": [TEST_INTERNAL_TOKEN],
             "control_secret": [TEST_CONTROL_SECRET],
+            # As `clickstream run` on its local broker (there every 10 s): handled records
+            # deleted, so every fault test also proves that no restart needs them.
+            "worker_source_purge_seconds": 1.0,
             **overrides,
         }
         settings = Settings(**values)  # type: ignore[arg-type]

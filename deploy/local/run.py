@@ -46,6 +46,18 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+# The local broker holds every record in memory and rewrites them all in each snapshot: its
+# cost per request grows with what it holds, unless what the worker handled is deleted.
+LOCAL_SOURCE_PURGE_SECONDS = 10.0
+
+
+def source_purge_seconds(settings: Settings) -> float:
+    """``CLICKSTREAM_WORKER_SOURCE_PURGE_SECONDS`` as set, else on for a broker started here."""
+    if "worker_source_purge_seconds" in settings.model_fields_set or settings.kafka_bootstrap:
+        return settings.worker_source_purge_seconds
+    return LOCAL_SOURCE_PURGE_SECONDS
+
+
 def run_locally(settings: Settings) -> None:
     """Run the pipeline until interrupted."""
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -72,6 +84,7 @@ def run_locally(settings: Settings) -> None:
                     # Its /ready says 503 while that worker is not running (WorkerWatch
                     # restarts it).
                     "ready_requires_worker": True,
+                    "worker_source_purge_seconds": source_purge_seconds(settings),
                     **_local_secrets(settings),
                 }
             )

@@ -36,6 +36,7 @@ from clickstream.credentials import internal_auth_headers
 from clickstream.log import configure_logging
 from clickstream.settings import Settings
 from deploy.kafka_topics import ensure_topics
+from deploy.local.run import LOCAL_SOURCE_PURGE_SECONDS
 from deploy.local.servers import LocalGateway, LocalKafka, LocalMongo, LocalWorker, free_port
 from tests.perf.bench import machine, rss_mb
 from tests.utils.clients import Clients, assert_exactly_once, released_batches
@@ -105,6 +106,8 @@ class Soak:
             session_retention_seconds=self.retention,
             tick_interval_seconds=10,
             release_wait_seconds=5,
+            # As `clickstream run` on its local broker.
+            worker_source_purge_seconds=LOCAL_SOURCE_PURGE_SECONDS,
             internal_tokens=[SOAK_TOKEN],
             control_secret=[secrets.token_hex(16)],
         )
