@@ -26,27 +26,28 @@ from pydantic import (
     model_validator,
 )
 
-from clickstream.settings import Settings
+from clickstream.settings import (
+    DEFAULT_CREATED_AT_MAX_AGE_SECONDS,
+    DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS,
+    DEFAULT_MAX_EVENTS_PER_REQUEST,
+    DEFAULT_MAX_ID_LENGTH,
+    Settings,
+)
 from schemas.json_text import checked_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def _default(name: str) -> int:
-    default = Settings.model_fields[name].default
-    assert isinstance(default, int)  # noqa: S101 - the settings declare these as ints
-    return default
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds a request is validated against (``CLICKSTREAM_MAX_*``, ``..._CREATED_AT_*``)."""
+    """The bounds a request is validated against (``CLICKSTREAM_MAX_*``, ``..._CREATED_AT_*``);
+    by default those of the settings' defaults."""
 
-    max_id_length: int = _default("max_id_length")
-    max_events_per_request: int = _default("max_events_per_request")
-    created_at_max_age_seconds: int = _default("created_at_max_age_seconds")
-    created_at_max_ahead_seconds: int = _default("created_at_max_ahead_seconds")
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH
+    max_events_per_request: int = DEFAULT_MAX_EVENTS_PER_REQUEST
+    created_at_max_age_seconds: int = DEFAULT_CREATED_AT_MAX_AGE_SECONDS
+    created_at_max_ahead_seconds: int = DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
