@@ -14,6 +14,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_WORKER_PORT = 6066
 
+# The input limits' defaults, here once: the settings below default to them, and the request
+# models (producers/models.py) are declared with them before any settings are passed in.
+DEFAULT_MAX_ID_LENGTH = 128
+DEFAULT_MAX_EVENTS_PER_REQUEST = 1000
+DEFAULT_CREATED_AT_MAX_AGE_SECONDS = 12 * 3600
+DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS = 5 * 60
+
 
 # What deploy files and docs put where a secret goes.
 _PLACEHOLDER = re.compile(r"replace[-_ ]?(with|me)|change[-_ ]?me|<[^>]*>", re.IGNORECASE)
@@ -89,15 +96,15 @@ class Settings(BaseSettings):
 
     # -- input limits: beyond them a request is refused with a 4xx and publishes nothing
 
-    max_id_length: int = Field(default=128, ge=1)
+    max_id_length: int = Field(default=DEFAULT_MAX_ID_LENGTH, ge=1)
     """The longest session, event, object, user or release id (characters)."""
-    max_events_per_request: int = Field(default=1000, ge=1)
+    max_events_per_request: int = Field(default=DEFAULT_MAX_EVENTS_PER_REQUEST, ge=1)
     """The most events in one request."""
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     """The largest request body: a request fits in one Kafka message."""
-    created_at_max_age_seconds: int = Field(default=12 * 3600, ge=0)
+    created_at_max_age_seconds: int = Field(default=DEFAULT_CREATED_AT_MAX_AGE_SECONDS, ge=0)
     """A ``created_at`` older than this is refused."""
-    created_at_max_ahead_seconds: int = Field(default=5 * 60, ge=0)
+    created_at_max_ahead_seconds: int = Field(default=DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS, ge=0)
     """A ``created_at`` further ahead of the server's clock than this is refused."""
 
     # -- the stream worker

@@ -1,19 +1,34 @@
 """Request and answer models of the clickstream API, shared by the HTTP gateway and the
 producer library, so both refuse the same input with the same messages.
 
-Constraints live in ``Field(...)``. The classes below carry the default limits; the gateway
-and the library validate with :func:`request_models`, the same classes rebuilt with the limits
-of the settings they are given (``CLICKSTREAM_MAX_*``): nothing reads settings at import.
+Each model is declared once. Constraints live in ``Field(...)`` and ``Annotated`` metadata;
+those that depend on a limit of the settings (``CLICKSTREAM_MAX_*``, ``..._CREATED_AT_*``) are
+marked :class:`Limited`. The classes below carry the default limits; the gateway and the
+library validate with :func:`request_models`, the same classes with the limits of the settings
+they are given: nothing reads settings at import.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+import types
+from copy import copy
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Self,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
+from annotated_types import GroupedMetadata, MaxLen
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,27 +41,28 @@ from pydantic import (
     model_validator,
 )
 
-from clickstream.settings import Settings
+from clickstream.settings import (
+    DEFAULT_CREATED_AT_MAX_AGE_SECONDS,
+    DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS,
+    DEFAULT_MAX_EVENTS_PER_REQUEST,
+    DEFAULT_MAX_ID_LENGTH,
+    Settings,
+)
 from schemas.json_text import checked_json
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-
-def _default(name: str) -> int:
-    default = Settings.model_fields[name].default
-    assert isinstance(default, int)  # noqa: S101 - the settings declare these as ints
-    return default
+    from collections.abc import Callable, Iterator
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds a request is validated against (``CLICKSTREAM_MAX_*``, ``..._CREATED_AT_*``)."""
+    """The bounds a request is validated against (``CLICKSTREAM_MAX_*``, ``..._CREATED_AT_*``);
+    by default those of the settings' defaults."""
 
-    max_id_length: int = _default("max_id_length")
-    max_events_per_request: int = _default("max_events_per_request")
-    created_at_max_age_seconds: int = _default("created_at_max_age_seconds")
-    created_at_max_ahead_seconds: int = _default("created_at_max_ahead_seconds")
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH
+    max_events_per_request: int = DEFAULT_MAX_EVENTS_PER_REQUEST
+    created_at_max_age_seconds: int = DEFAULT_CREATED_AT_MAX_AGE_SECONDS
+    created_at_max_ahead_seconds: int = DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -59,6 +75,23 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Limited(GroupedMetadata):
+    """``Annotated`` metadata that depends on the limits: it stands for ``bounds(limits)``.
+
+    The models here are declared at :data:`DEFAULT_LIMITS`; :func:`with_limits` gives a model
+    (and the models it holds) other limits by putting each of these at them."""
+
+    bounds: Callable[[Limits], tuple[Any, ...]]
+    limits: Limits = DEFAULT_LIMITS
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.bounds(self.limits))
+
+    def at(self, limits: Limits) -> Limited:
+        return self if limits == self.limits else replace(self, limits=limits)
 
 
 def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -81,10 +114,6 @@ def _whole_number(value: Any) -> Any:
 WholeNumber = BeforeValidator(_whole_number)
 
 
-def _time_window(limits: Limits) -> Callable[[int | None], int | None]:
-    return functools.partial(_in_time_window, limits)
-
-
 def _in_time_window(limits: Limits, value: int | None) -> int | None:
     if value is None:
         return None
@@ -101,49 +130,32 @@ def _in_time_window(limits: Limits, value: int | None) -> int | None:
     return value
 
 
-def _id_type(limits: Limits) -> Any:
-    return Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_length)]
+def _longest_id(limits: Limits) -> tuple[Any, ...]:
+    return (MaxLen(limits.max_id_length),)
 
 
-_TIMESTAMP_DOC = (
-    "UTC seconds; the server's current time when absent. Accepted only within "
-    "CLICKSTREAM_CREATED_AT_MAX_AGE_SECONDS before and ..._MAX_AHEAD_SECONDS after the "
-    "server's clock (12 h and 5 min by default): a window that moves, so this document "
-    "cannot give it as bounds."
-)
+def _time_window(limits: Limits) -> tuple[Any, ...]:
+    return (AfterValidator(functools.partial(_in_time_window, limits)),)
 
 
-def _timestamp_type(limits: Limits) -> Any:
-    return Annotated[
-        int | None,
-        WholeNumber,
-        Field(description=_TIMESTAMP_DOC),
-        AfterValidator(_time_window(limits)),
-    ]
+def _event_type_bounds(limits: Limits) -> tuple[Any, ...]:
+    # null is accepted as "click": the document says so.
+    document = {
+        "anyOf": [
+            {"type": "string", "minLength": 1, "maxLength": limits.max_id_length},
+            {"type": "null"},
+        ],
+        "default": "click",
+        "description": "What happened; `click` when absent or null.",
+    }
+    return (MaxLen(limits.max_id_length), WithJsonSchema(document))
 
 
-def _event_type_type(limits: Limits) -> Any:
-    return Annotated[
-        str,
-        BeforeValidator(lambda value: "click" if value is None else value),
-        StringConstraints(min_length=1, max_length=limits.max_id_length),
-        # null is accepted as "click": the document says so.
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    {"type": "string", "minLength": 1, "maxLength": limits.max_id_length},
-                    {"type": "null"},
-                ],
-                "default": "click",
-                "description": "What happened; `click` when absent or null.",
-            }
-        ),
-    ]
+def _most_events(limits: Limits) -> tuple[Any, ...]:
+    return (MaxLen(limits.max_events_per_request),)
 
 
-# The static types (default limits) the classes below are declared with; request_models()
-# rebuilds the constrained fields for other limits.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=DEFAULT_LIMITS.max_id_length)]
+Id = Annotated[str, StringConstraints(min_length=1), Limited(_longest_id)]
 """An identifier: session, event, object, user or release id."""
 
 JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
@@ -183,24 +195,20 @@ PayloadFilter = Annotated[
 Timestamp = Annotated[
     int | None,
     WholeNumber,
-    Field(description=_TIMESTAMP_DOC),
-    AfterValidator(_time_window(DEFAULT_LIMITS)),
+    Field(
+        description="UTC seconds; the server's current time when absent. Accepted only within "
+        "CLICKSTREAM_CREATED_AT_MAX_AGE_SECONDS before and ..._MAX_AHEAD_SECONDS after the "
+        "server's clock (12 h and 5 min by default): a window that moves, so this document "
+        "cannot give it as bounds."
+    ),
+    Limited(_time_window),
 ]
 
 EventType = Annotated[
     str,
     BeforeValidator(lambda value: "click" if value is None else value),
-    StringConstraints(min_length=1, max_length=DEFAULT_LIMITS.max_id_length),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "minLength": 1, "maxLength": DEFAULT_LIMITS.max_id_length},
-                {"type": "null"},
-            ],
-            "default": "click",
-            "description": "What happened; `click` when absent or null.",
-        }
-    ),
+    StringConstraints(min_length=1),
+    Limited(_event_type_bounds),
 ]
 
 # Ten years: beyond it no session is ever idle enough; the bound keeps the value a long.
@@ -283,14 +291,10 @@ class SessionIn(RequestModel):
     sort_by: SortByIn | None = None
 
 
-_EVENT_ID_DOC = "Unique within the session; a repeated id is dropped."
-_RELEASE_ID_DOC = "The idempotency key: the same id, the same batch."
-
-
 class EventIn(WithMeta):
     """One interaction with a search result; a click unless ``event_type`` says otherwise."""
 
-    event_id: Id = Field(description=_EVENT_ID_DOC)
+    event_id: Id = Field(description="Unique within the session; a repeated id is dropped.")
     object_id: Id
     event_type: EventType = "click"
     created_at: Timestamp = None
@@ -327,7 +331,7 @@ class EventsIn(RequestModel):
     )
 
     session_id: Id
-    events: list[EventIn] = Field(max_length=DEFAULT_LIMITS.max_events_per_request)
+    events: Annotated[list[EventIn], Limited(_most_events)]
 
 
 class SessionAccepted(BaseModel):
@@ -357,7 +361,7 @@ class ReleaseIn(RequestModel):
         json_schema_extra={"examples": [{"release_id": "090bda77a5e048d59a1e310dc20fbd6d"}]}
     )
 
-    release_id: Id = Field(description=_RELEASE_ID_DOC)
+    release_id: Id = Field(description="The idempotency key: the same id, the same batch.")
     min_idle_seconds: Annotated[int, WholeNumber] = Field(
         default=0,
         ge=0,
@@ -381,8 +385,9 @@ class ForgetIn(RequestModel):
 
 @dataclass(frozen=True, slots=True)
 class RequestModels:
-    """The request classes validating with one set of limits; each subclasses the class of
-    the same name above (and keeps its name, so the OpenAPI document names them alike)."""
+    """The request classes validating with one set of limits; each is the class of the same
+    name above, or a subclass of it keeping its name (so the OpenAPI document names them
+    alike)."""
 
     limits: Limits
     SessionIn: type[SessionIn]
@@ -395,39 +400,63 @@ class RequestModels:
 @functools.cache
 def request_models(limits: Limits) -> RequestModels:
     """The request classes with ``limits``: the gateway and the library validate with these."""
-    if limits == DEFAULT_LIMITS:
-        return RequestModels(limits, SessionIn, EventsIn, SessionRef, ReleaseIn, ForgetIn)
-    id_ = _id_type(limits)
-    timestamp = _timestamp_type(limits)
-    result = create_model("SearchResultIn", __base__=SearchResultIn, object_id=(id_, ...))
-    event = create_model(
-        "EventIn",
-        __base__=EventIn,
-        event_id=(id_, Field(description=_EVENT_ID_DOC)),
-        object_id=(id_, ...),
-        event_type=(_event_type_type(limits), "click"),
-        created_at=(timestamp, None),
+    return RequestModels(
+        limits,
+        with_limits(SessionIn, limits),
+        with_limits(EventsIn, limits),
+        with_limits(SessionRef, limits),
+        with_limits(ReleaseIn, limits),
+        with_limits(ForgetIn, limits),
     )
-    session = create_model(
-        "SessionIn",
-        __base__=SessionIn,
-        session_id=(id_, ...),
-        search_results=(list[result], ...),
-        user_id=(id_ | None, None),
-        created_at=(timestamp, None),
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def with_limits(model: type[_Model], limits: Limits) -> type[_Model]:
+    """``model`` validating with ``limits``: ``model`` itself when it already does (nothing
+    :class:`Limited` in its fields, nor in the models they hold, is at other limits), else a
+    subclass of the same name and docstring redeclaring the fields that differ."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = _at(info.annotation, limits)
+        metadata = [_at(item, limits) for item in info.metadata]
+        if annotation is info.annotation and _same(metadata, info.metadata):
+            continue
+        field = copy(info)
+        field.annotation, field.metadata = annotation, metadata
+        fields[name] = (annotation, field)
+    if not fields:
+        return model
+    rebuilt: type[_Model] = create_model(
+        model.__name__, __base__=model, __doc__=model.__doc__, **fields
     )
-    events = create_model(
-        "EventsIn",
-        __base__=EventsIn,
-        session_id=(id_, ...),
-        events=(list[event], Field(max_length=limits.max_events_per_request)),
-    )
-    ref = create_model("SessionRef", __base__=SessionRef, session_id=(id_, ...))
-    release = create_model(
-        "ReleaseIn", __base__=ReleaseIn, release_id=(id_, Field(description=_RELEASE_ID_DOC))
-    )
-    forget = create_model("ForgetIn", __base__=ForgetIn, user_id=(id_, ...))
-    return RequestModels(limits, session, events, ref, release, forget)
+    return rebuilt
+
+
+def _at(hint: Any, limits: Limits) -> Any:
+    """A type or an item of ``Annotated`` metadata, with what is :class:`Limited` in it (its
+    arguments, the models it names) at ``limits``; the same object if nothing changes."""
+    if isinstance(hint, Limited):
+        return hint.at(limits)
+    origin = get_origin(hint)
+    if origin is None:
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            return with_limits(hint, limits)
+        return hint
+    args = get_args(hint)
+    new = tuple(_at(arg, limits) for arg in args)
+    if _same(new, args):
+        return hint
+    if origin is Annotated:
+        return Annotated[new]
+    if origin is Union or origin is types.UnionType:
+        return Union[new]  # noqa: UP007 - built from a tuple of types
+    return origin[new]
+
+
+def _same(these: Any, those: Any) -> bool:
+    return all(a is b for a, b in zip(these, those, strict=True))
 
 
 class IrrelevantAccepted(BaseModel):

@@ -213,7 +213,10 @@ class KafkaPublisher:
     def send(
         self, messages: Sequence[OutgoingMessage], done: Callable[[Exception | None], None]
     ) -> None:
-        """Queue ``messages``; ``done`` is called once, from the delivery thread."""
+        """Queue ``messages``; ``done`` is called once with the outcome: from the thread that
+        serves their delivery reports (the delivery thread, or :meth:`close`'s while it
+        flushes), or from this one at once when nothing was queued (no messages, or the
+        producer refused them)."""
         if not messages:
             done(None)
             return
@@ -251,44 +254,39 @@ class KafkaPublisher:
         """Publish and return once Kafka acknowledged all; PublishUnavailableError otherwise."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-
-        def done(error: Exception | None) -> None:
-            if threading.current_thread() is self._poller:
-                self._settlements.append((loop, future, error))  # handed over after the poll
-            else:
-                loop.call_soon_threadsafe(_settle, future, error)
-
-        self.send(messages, done)
+        self.send(messages, functools.partial(self._settle_on_loop, loop, future))
         try:
             await asyncio.wait_for(future, self.timeout + _WAIT_MARGIN_SECONDS)
-        except TimeoutError:
-            self.failing = True
-            raise PublishUnavailableError("Kafka did not acknowledge in time") from None
-        except PublishUnavailableError:
-            self.failing = True
-            raise
+        except (TimeoutError, PublishUnavailableError) as exc:
+            raise self._unacknowledged(exc) from None
         self.failing = False
 
     def publish_sync(self, messages: Sequence[OutgoingMessage]) -> None:
         """Blocking :meth:`publish`, for code without an event loop."""
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def done(error: Exception | None) -> None:
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-
-        self.send(messages, done)
+        self.send(messages, functools.partial(_settle, future))
         try:
             future.result(self.timeout + _WAIT_MARGIN_SECONDS)
-        except concurrent.futures.TimeoutError:
-            self.failing = True
-            raise PublishUnavailableError("Kafka did not acknowledge in time") from None
-        except PublishUnavailableError:
-            self.failing = True
-            raise
+        except (TimeoutError, PublishUnavailableError) as exc:
+            raise self._unacknowledged(exc) from None
         self.failing = False
+
+    def _settle_on_loop(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], error: Exception | None
+    ) -> None:
+        """Settle ``future`` on its event loop: from the delivery thread, handed over after
+        the poll (one wake-up of the loop per poll, not per request)."""
+        if threading.current_thread() is self._poller:
+            self._settlements.append((loop, future, error))
+        else:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+    def _unacknowledged(self, exc: Exception) -> PublishUnavailableError:
+        """What a publish whose wait ended in ``exc`` raises; notes that it failed."""
+        self.failing = True
+        if isinstance(exc, PublishUnavailableError):
+            return exc
+        return PublishUnavailableError("Kafka did not acknowledge in time")
 
     def partition_count(self, topic: str, timeout: float = 10.0) -> int | None:
         """How many partitions ``topic`` has; None if it is missing or cannot be read."""
@@ -307,9 +305,10 @@ class KafkaPublisher:
         return [topic for topic in topics if topic not in metadata.topics]
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (up to ``timeout``), stop the delivery thread and close the
-        producer's connections (left open, librdkafka would log their end when the broker
-        stops)."""
+        """Stop the delivery thread, then deliver what is queued, serving its delivery reports
+        on this thread (up to ``timeout``); what is still undelivered then is purged, its
+        waiters told at once. Last, close the producer's connections (left open, librdkafka
+        would log their end when the broker stops)."""
         self._stopping.set()
         self._poller.join()
         producer = self._generation.producer
@@ -336,7 +335,9 @@ def _settle_all(outcomes: list[tuple[asyncio.Future[None], Exception | None]]) -
         _settle(future, error)
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+def _settle(
+    future: asyncio.Future[None] | concurrent.futures.Future[None], error: Exception | None
+) -> None:
     if future.done():  # the waiter timed out or was cancelled
         return
     if error is None:

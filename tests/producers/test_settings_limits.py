@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from producers.exceptions import InvalidInputError
 from producers.gateway import create_app
 from producers.library import ClickstreamProducer
+from producers.models import Limits, SessionIn, request_models
 from schemas import Topics
 from tests.utils.payloads import event_body, events_body, new_id
 
@@ -81,3 +83,31 @@ def test_library_refuses_more_events_than_its_settings_allow(
 
     assert refused.value.errors[0]["loc"] == ("events",)
     assert published.count(Topics(settings.topic_prefix).events) == 0
+
+
+def test_every_id_of_a_request_has_the_limit_it_is_given() -> None:
+    """The models are declared once: an id nested anywhere (a result, sort_by) is bounded
+    like the others, and the default limits are the classes as declared."""
+    models = request_models(Limits(max_id_length=8))
+    long = "x" * 9
+    session = {
+        "session_id": long,
+        "search_query": "q",
+        "search_results": [{"object_id": long}],
+        "user_id": long,
+        "sort_by": {"field": long},
+    }
+
+    with pytest.raises(ValidationError) as refused:
+        models.SessionIn.model_validate(session)
+
+    errors = refused.value.errors()
+    assert {tuple(error["loc"]) for error in errors} == {
+        ("session_id",),
+        ("search_results", 0, "object_id"),
+        ("user_id",),
+        ("sort_by", "field"),
+    }
+    assert {error["msg"] for error in errors} == {"String should have at most 8 characters"}
+    assert SessionIn.model_validate(session).session_id == long
+    assert request_models(Limits()).SessionIn is SessionIn
