@@ -45,7 +45,13 @@ def _forge(settings: Settings, codec: AvroCodec, batch_id: str, release_id: str)
     """What an attacker with write access to the topics would send."""
     topics = Topics(settings.topic_prefix)
     now_ms = clock.now_ms()
-    producer = Producer(settings.kafka_producer_config())
+    failed: list[object] = []
+    producer = Producer(
+        {
+            **settings.kafka_producer_config(),
+            "on_delivery": lambda error, _: failed.append(error) if error else None,
+        }
+    )
     future = {
         "batch_id": "f" * 24,
         "release_id": new_id(),
@@ -81,6 +87,7 @@ def _forge(settings: Settings, codec: AvroCodec, batch_id: str, release_id: str)
         value = codec.encode("clickstream.PartitionReleased", report)
         producer.produce(topics.releases, value, batch_id.encode())
     assert producer.flush(30) == 0
+    assert not failed, f"forged messages not delivered: {failed}"
 
 
 def _dead_letters(settings: Settings, codec: AvroCodec) -> list[dict[str, Any]]:
