@@ -11,6 +11,8 @@ from schemas import SchemaName
 from stream_app.outgoing import Outgoing
 
 if TYPE_CHECKING:
+    from confluent_kafka import Message
+
     from schemas import AvroCodec, Topics
     from schemas.records import DeadLetter
 
@@ -86,3 +88,27 @@ def outgoing(
     )
     key = session_id.encode() if session_id is not None else None
     return Outgoing(names.dead_letter, key, encoded, reason=reason)
+
+
+def of_message(
+    avro: AvroCodec,
+    names: Topics,
+    message: Message,
+    *,
+    reason: str,
+    detail: str,
+    session_id: str | None,
+    value: bytes | None = None,
+) -> Outgoing:
+    """A dead letter for a source message (its value, or ``value``: the part at fault)."""
+    return outgoing(
+        avro,
+        names,
+        reason=reason,
+        detail=detail,
+        session_id=session_id,
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        value=message.value() if value is None else value,
+    )
