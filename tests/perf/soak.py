@@ -55,6 +55,8 @@ README = ROOT / "README.md"
 START, END = "<!-- soak:start -->", "<!-- soak:end -->"
 RELEASE_PATH = "/api/v1/clickstream/internal/batch/release"
 CLIENTS = 8
+# Per client, far beyond what one gets through in SOAK_FULL_SPEED_SECONDS.
+FULL_SPEED_SESSIONS = 10_000_000
 SOAK_TOKEN = secrets.token_hex(16)
 
 
@@ -223,7 +225,10 @@ class Soak:
     def _full_speed(self, gateway: LocalGateway) -> tuple[Acknowledged, float]:
         """``SOAK_FULL_SPEED_SECONDS`` of load as fast as the clients go: what was
         acknowledged, and the requests per second it held."""
-        with Clients(gateway.address, count=CLIENTS, give_up_seconds=300) as clients:
+        # Bounded by the time alone: a bound on sessions would cap the rate it measures.
+        with Clients(
+            gateway.address, count=CLIENTS, give_up_seconds=300, max_sessions=FULL_SPEED_SESSIONS
+        ) as clients:
             time.sleep(self.full_speed)
             rate = clients.acknowledged.requests / self.full_speed
         logger.info("full speed requests_per_s=%.0f", rate)
