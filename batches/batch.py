@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, TypedDict, cast
 
 from bson import ObjectId
 
@@ -20,6 +20,23 @@ GONE = (EXPIRING, EXPIRED)
 EMPTY_RELEASE_TTL_SECONDS = 3600
 
 
+class PartCounts(TypedDict):
+    """What a partition's part of a batch holds, as it reported it (``PartitionReleased``)."""
+
+    session_count: int
+    event_count: int
+    repeat_session_count: int
+    deferred_session_count: int
+    content_digest: str | None
+
+
+class PartDocument(PartCounts):
+    """A partition's part in a batch document (``partitions.<n>``): its counts and the
+    offset on the releases topic of the report that recorded it."""
+
+    offset: int
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A batch document, as the API shows it."""
@@ -31,7 +48,7 @@ class Batch:
     released_at_ms: int | None
     min_idle_seconds: int
     partition_count: int
-    partitions: dict[str, dict[str, Any]]
+    partitions: dict[str, PartDocument]
     request_ids: tuple[str, ...] = ()
     markers_sent_at_ms: int = 0
     heal_count: int = 0
@@ -81,7 +98,7 @@ class Batch:
         parts = self.unreleasable or {}
         return [sid for partition in sorted(parts, key=int) for sid in parts[partition]]
 
-    def total(self, name: str) -> int:
+    def total(self, name: Literal["session_count", "event_count", "repeat_session_count"]) -> int:
         return sum(part[name] for part in self.partitions.values())
 
     @property

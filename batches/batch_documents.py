@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from batches.batch import EMPTY, RELEASED, RELEASING, Batch
+from batches.batch import EMPTY, RELEASED, RELEASING, Batch, PartCounts, PartDocument
 from batches.digest import batch_digest
 from clickstream.clock import now_ms
 
@@ -95,12 +95,13 @@ class BatchDocuments:
         return Batch.from_document(doc), True
 
     def record_partition(
-        self, batch_id: ObjectId, partition: int, counts: dict[str, Any], offset: int
+        self, batch_id: ObjectId, partition: int, counts: PartCounts, offset: int
     ) -> Batch | None:
         """Record a partition's part (the first report wins) and return the batch."""
+        part: PartDocument = {**counts, "offset": offset}
         self.batches.update_one(
             {"_id": batch_id, f"partitions.{partition}": {"$exists": False}},
-            {"$set": {f"partitions.{partition}": {**counts, "offset": offset}}},
+            {"$set": {f"partitions.{partition}": part}},
         )
         return self.get(batch_id)
 

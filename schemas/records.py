@@ -44,6 +44,11 @@ class SchemaName(StrEnum):
     PARTITION_FORGOT = "clickstream.PartitionForgot"
 
 
+AvroRecord = dict[str, object]
+"""A decoded record whose schema is known only by its name (``Decoded.name``): cast it to
+that schema's TypedDict below once the name is checked."""
+
+
 # Ingest: what the gateway and the producer library publish.
 
 
