@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 from bson import ObjectId
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 RELEASING = "releasing"
 RELEASED = "released"
@@ -37,6 +40,31 @@ class PartDocument(PartCounts):
     offset: int
 
 
+class BatchDocument(TypedDict):
+    """``batches``: one release (``_id`` is its ``batch_id``). Fields marked not required
+    are absent from documents of earlier versions, or until the batch gets that far."""
+
+    _id: ObjectId
+    release_id: NotRequired[str]
+    """Removed (kept as ``empty_release_id``) when there was nothing to release."""
+    empty_release_id: NotRequired[str]
+    emptied_at: NotRequired[datetime]
+    status: str
+    requested_at_ms: int
+    released_at_ms: NotRequired[int]
+    expired_at_ms: NotRequired[int]
+    min_idle_seconds: NotRequired[int]
+    partition_count: int
+    partitions: NotRequired[dict[str, PartDocument]]
+    """By partition number (a string: a BSON key)."""
+    request_ids: NotRequired[list[str]]
+    markers_sent_at_ms: NotRequired[int]
+    heal_count: NotRequired[int]
+    unreleasable: NotRequired[dict[str, list[str]]]
+    content_digest: NotRequired[str | None]
+    erased_session_count: NotRequired[int]
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A batch document, as the API shows it."""
@@ -61,7 +89,7 @@ class Batch:
     erased_session_count: int = 0
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Batch:
+    def from_document(cls, doc: BatchDocument) -> Batch:
         return cls(
             batch_id=str(doc["_id"]),
             release_id=doc.get("release_id") or doc.get("empty_release_id", ""),

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from bson import ObjectId
 
+    from schemas.records import SearchResult, SortBy
+
 #: Events a document holds, at most (an estimate of their BSON size, on the high side).
 CHUNK_BYTES = 4 * 1024 * 1024
 # BSON's per-event framing and fixed fields, rounded up.
@@ -51,11 +53,11 @@ class BatchSessionDocument(TypedDict):
     session_id: str
     partition: int
     search_query: str
-    search_results: list[dict[str, Any]]
+    search_results: list[SearchResult]
     search_meta: str | None
     payload_filter: NotRequired[str | None]
     """JSON text; absent from sessions released before it existed, like ``sort_by``."""
-    sort_by: NotRequired[dict[str, Any] | None]
+    sort_by: NotRequired[SortBy | None]
     user_id: str | None
     created_at: int
     is_irrelevant: bool

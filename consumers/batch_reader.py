@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeGuard, cast
+from typing import TYPE_CHECKING, Self, TypedDict, TypeGuard, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from confluent_kafka import Message
 
+    from batches.public import PublicBatchSession
     from schemas.records import BatchReleased, ReleaseOutcome
 
 logger = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class BatchReader:
         object_id = parse_batch_id(batch_id)
         return self.store.get(object_id) if object_id else None
 
-    def sessions(self, batch_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    def sessions(self, batch_id: str, page_size: int = 500) -> Iterator[PublicBatchSession]:
         """Every session of the batch with all its events (in the order they arrived), by
         ``session_number``; at most ``page_size`` sessions are held at a time.
 

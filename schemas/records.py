@@ -9,7 +9,7 @@ A union with ``null`` is ``X | None``; ``long`` and ``int`` are ``int``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -207,6 +207,7 @@ class DeadLetter(TypedDict):
 # The stream worker's table values.
 
 
+@final  # so ``"is_new" in event`` tells it from a batch's event
 class StoredEvent(TypedDict):
     event_id: str
     object_id: str
