@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict, cast
 
 from bson import ObjectId
 
@@ -63,6 +63,29 @@ class BatchDocument(TypedDict):
     unreleasable: NotRequired[dict[str, list[str]]]
     content_digest: NotRequired[str | None]
     erased_session_count: NotRequired[int]
+
+
+class PublicBatch(TypedDict):
+    """A :class:`Batch` as the release and batch endpoints answer; the counts and the
+    digest are None until the batch is released."""
+
+    batch_id: str
+    release_id: str
+    status: str
+    requested_at: int
+    released_at: int | None
+    session_count: int | None
+    event_count: int | None
+    repeat_session_count: int | None
+    partitions_done: int
+    partition_count: int
+    done_partitions: list[int]
+    waiting_partitions: list[int]
+    heal_count: int
+    unreleasable_session_count: int
+    unreleasable_session_ids: list[str]
+    content_digest: str | None
+    erased_session_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +167,7 @@ class Batch:
         done = set(self.done_partitions)
         return [p for p in range(self.partition_count) if p not in done]
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> PublicBatch:
         """The answer of the release and batch endpoints."""
         released = self.status == RELEASED or self.expired
         return {
