@@ -216,7 +216,7 @@ class BatchReader:
                             released=released,
                             request_ids=tuple(outcome["request_ids"]),
                             answered_at_ms=outcome["answered_at_ms"],
-                            unreleasable=tuple(outcome["unreleasable_session_ids"]),
+                            unreleasable=tuple(outcome.get("unreleasable_session_ids", ())),
                         )
                 elif decoded.name == SchemaName.BATCH_RELEASED:  # from before ReleaseOutcome
                     batch = cast("BatchReleased", record)
