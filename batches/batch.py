@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict, cast
 
 from bson import ObjectId
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 RELEASING = "releasing"
 RELEASED = "released"
@@ -20,6 +23,71 @@ GONE = (EXPIRING, EXPIRED)
 EMPTY_RELEASE_TTL_SECONDS = 3600
 
 
+class PartCounts(TypedDict):
+    """What a partition's part of a batch holds, as it reported it (``PartitionReleased``)."""
+
+    session_count: int
+    event_count: int
+    repeat_session_count: int
+    deferred_session_count: int
+    content_digest: str | None
+
+
+class PartDocument(PartCounts):
+    """A partition's part in a batch document (``partitions.<n>``): its counts and the
+    offset on the releases topic of the report that recorded it."""
+
+    offset: int
+
+
+class BatchDocument(TypedDict):
+    """``batches``: one release (``_id`` is its ``batch_id``). Fields marked not required
+    are absent from documents of earlier versions, or until the batch gets that far."""
+
+    _id: ObjectId
+    release_id: NotRequired[str]
+    """Removed (kept as ``empty_release_id``) when there was nothing to release."""
+    empty_release_id: NotRequired[str]
+    emptied_at: NotRequired[datetime]
+    status: str
+    requested_at_ms: int
+    released_at_ms: NotRequired[int]
+    expired_at_ms: NotRequired[int]
+    min_idle_seconds: NotRequired[int]
+    partition_count: int
+    partitions: NotRequired[dict[str, PartDocument]]
+    """By partition number (a string: a BSON key)."""
+    request_ids: NotRequired[list[str]]
+    markers_sent_at_ms: NotRequired[int]
+    heal_count: NotRequired[int]
+    unreleasable: NotRequired[dict[str, list[str]]]
+    content_digest: NotRequired[str | None]
+    erased_session_count: NotRequired[int]
+
+
+class PublicBatch(TypedDict):
+    """A :class:`Batch` as the release and batch endpoints answer; the counts and the
+    digest are None until the batch is released."""
+
+    batch_id: str
+    release_id: str
+    status: str
+    requested_at: int
+    released_at: int | None
+    session_count: int | None
+    event_count: int | None
+    repeat_session_count: int | None
+    partitions_done: int
+    partition_count: int
+    done_partitions: list[int]
+    waiting_partitions: list[int]
+    heal_count: int
+    unreleasable_session_count: int
+    unreleasable_session_ids: list[str]
+    content_digest: str | None
+    erased_session_count: int
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A batch document, as the API shows it."""
@@ -31,7 +99,7 @@ class Batch:
     released_at_ms: int | None
     min_idle_seconds: int
     partition_count: int
-    partitions: dict[str, dict[str, Any]]
+    partitions: dict[str, PartDocument]
     request_ids: tuple[str, ...] = ()
     markers_sent_at_ms: int = 0
     heal_count: int = 0
@@ -44,7 +112,7 @@ class Batch:
     erased_session_count: int = 0
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Batch:
+    def from_document(cls, doc: BatchDocument) -> Batch:
         return cls(
             batch_id=str(doc["_id"]),
             release_id=doc.get("release_id") or doc.get("empty_release_id", ""),
@@ -81,7 +149,7 @@ class Batch:
         parts = self.unreleasable or {}
         return [sid for partition in sorted(parts, key=int) for sid in parts[partition]]
 
-    def total(self, name: str) -> int:
+    def total(self, name: Literal["session_count", "event_count", "repeat_session_count"]) -> int:
         return sum(part[name] for part in self.partitions.values())
 
     @property
@@ -99,7 +167,7 @@ class Batch:
         done = set(self.done_partitions)
         return [p for p in range(self.partition_count) if p not in done]
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> PublicBatch:
         """The answer of the release and batch endpoints."""
         released = self.status == RELEASED or self.expired
         return {

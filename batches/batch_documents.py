@@ -7,7 +7,7 @@ Every write is idempotent (upserts on deterministic ids, first-write-wins update
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bson import ObjectId
 from pymongo import ReturnDocument
@@ -15,13 +15,15 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from batches.batch import EMPTY, RELEASED, RELEASING, Batch
+from batches.batch import EMPTY, RELEASED, RELEASING, Batch, BatchDocument, PartCounts, PartDocument
 from batches.digest import batch_digest
 from clickstream.clock import now_ms
 
 if TYPE_CHECKING:
     from pymongo import MongoClient
     from pymongo.collection import Collection
+
+    from batches.documents import BatchSessionDocument, EventChunkDocument
 
 
 class BatchDocuments:
@@ -41,9 +43,10 @@ class BatchDocuments:
             write_concern=WriteConcern(w="majority", j=True),
             read_concern=ReadConcern("majority"),
         )
-        self.batches: Collection[dict[str, Any]] = db["batches"]
-        self.sessions: Collection[dict[str, Any]] = db["batch_sessions"]
-        self.event_chunks: Collection[dict[str, Any]] = db["batch_session_events"]
+        # What each collection holds (pymongo reads them as plain dicts).
+        self.batches = cast("Collection[BatchDocument]", db["batches"])
+        self.sessions = cast("Collection[BatchSessionDocument]", db["batch_sessions"])
+        self.event_chunks = cast("Collection[EventChunkDocument]", db["batch_session_events"])
 
     # -- the release coordinator --------------------------------------------------------
 
@@ -69,7 +72,7 @@ class BatchDocuments:
         )
         if existing is not None:
             return Batch.from_document(existing), existing["_id"] == batch_id
-        doc = {
+        doc: BatchDocument = {
             "_id": batch_id,
             "release_id": release_id,
             "status": RELEASING,
@@ -95,12 +98,13 @@ class BatchDocuments:
         return Batch.from_document(doc), True
 
     def record_partition(
-        self, batch_id: ObjectId, partition: int, counts: dict[str, Any], offset: int
+        self, batch_id: ObjectId, partition: int, counts: PartCounts, offset: int
     ) -> Batch | None:
         """Record a partition's part (the first report wins) and return the batch."""
+        part: PartDocument = {**counts, "offset": offset}
         self.batches.update_one(
             {"_id": batch_id, f"partitions.{partition}": {"$exists": False}},
-            {"$set": {f"partitions.{partition}": {**counts, "offset": offset}}},
+            {"$set": {f"partitions.{partition}": part}},
         )
         return self.get(batch_id)
 

@@ -7,7 +7,7 @@ the batch's digest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import bson
 from bson.codec_options import CodecOptions
@@ -27,12 +27,22 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from bson import ObjectId
+    from pymongo.cursor import Cursor
 
-    from batches.documents import SessionCopy
+    from batches.documents import BatchSessionDocument, SessionCopy
+    from batches.public import PublicBatchSession
 
 # A part is inserted in groups of about this many bytes (BSON): bounded memory, few calls.
 _WRITE_GROUP_BYTES = 8 * 1024 * 1024
 _DUPLICATE_KEY = 11000
+
+
+class PartSession(TypedDict):
+    """A session a partition wrote into a batch, as :meth:`BatchSessions.part_sessions`
+    reads it."""
+
+    session_id: str
+    event_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,16 +150,15 @@ class BatchSessions(BatchDocuments):
             digest.add(documents)
         return digest.hexdigest()
 
-    def part_sessions(self, batch_id: ObjectId, partition: int) -> list[dict[str, Any]]:
+    def part_sessions(self, batch_id: ObjectId, partition: int) -> list[PartSession]:
         """The session ids and event counts one partition wrote into a batch."""
-        return list(
-            self.sessions.find(
-                {"batch_id": batch_id, "partition": partition},
-                {"_id": 0, "session_id": 1, "event_count": 1},
-            )
+        projected = self.sessions.find(
+            {"batch_id": batch_id, "partition": partition},
+            {"_id": 0, "session_id": 1, "event_count": 1},
         )
+        return list(cast("Cursor[PartSession]", projected))
 
-    def latest_session(self, session_id: str) -> dict[str, Any] | None:
+    def latest_session(self, session_id: str) -> BatchSessionDocument | None:
         """The session's copy in its latest batch (batch ids grow with time), with all its
         events; None if it was never released."""
         head = self.sessions.find_one({"session_id": session_id}, sort=[("batch_id", DESCENDING)])
@@ -160,7 +169,9 @@ class BatchSessions(BatchDocuments):
             return None  # being deleted: what is left of it is not the session
         return self._with_chunks(head)
 
-    def _with_chunks(self, head: dict[str, Any], events_limit: int | None = None) -> dict[str, Any]:
+    def _with_chunks(
+        self, head: BatchSessionDocument, events_limit: int | None = None
+    ) -> BatchSessionDocument:
         """A session's document with the events of its chunks appended (up to
         ``events_limit`` events in all, if given)."""
         if not head.get("event_chunks") or (
@@ -183,7 +194,7 @@ class BatchSessions(BatchDocuments):
 
     def sessions_page(
         self, batch_id: ObjectId, after_number: int, limit: int, events_limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[PublicBatchSession]:
         """Sessions numbered above ``after_number``, in order, each with at most
         ``events_limit`` events."""
         cursor = (
@@ -198,7 +209,7 @@ class BatchSessions(BatchDocuments):
 
     def iter_sessions(
         self, batch_id: ObjectId, page_size: int = 500, *, verify: bool = True
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[PublicBatchSession]:
         """Every session of the batch with all its events, in ``session_number`` order.
 
         Reads page by page on the unique index, one session's events at a time, so memory
@@ -231,8 +242,8 @@ class BatchSessions(BatchDocuments):
         )
 
     def _stored_sessions(
-        self, batch_id: ObjectId, where: dict[str, Any], page_size: int = 500
-    ) -> Iterator[tuple[dict[str, Any], list[bytes | memoryview]]]:
+        self, batch_id: ObjectId, where: dict[str, object], page_size: int = 500
+    ) -> Iterator[tuple[BatchSessionDocument, list[bytes | memoryview]]]:
         """The batch's sessions matching ``where``, in ``session_number`` order, each with
         all its events and the BSON of its documents (head, then chunks) as stored."""
         raw_options = CodecOptions(document_class=RawBSONDocument)

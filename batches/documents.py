@@ -15,14 +15,16 @@ so writing a part again after a crash writes the very same documents.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from schemas import event_item
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Iterator
 
     from bson import ObjectId
+
+    from schemas.records import Registration, SearchResult, SortBy, StoredEvent
 
 #: Events a document holds, at most (an estimate of their BSON size, on the high side).
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -51,11 +53,11 @@ class BatchSessionDocument(TypedDict):
     session_id: str
     partition: int
     search_query: str
-    search_results: list[dict[str, Any]]
+    search_results: list[SearchResult]
     search_meta: str | None
     payload_filter: NotRequired[str | None]
     """JSON text; absent from sessions released before it existed, like ``sort_by``."""
-    sort_by: NotRequired[dict[str, Any] | None]
+    sort_by: NotRequired[SortBy | None]
     user_id: str | None
     created_at: int
     is_irrelevant: bool
@@ -93,19 +95,19 @@ class SessionCopy:
     session_number: int
     session_id: str
     partition: int
-    registration: Mapping[str, Any]
+    registration: Registration
     is_irrelevant: bool
     previous_batch_id: str | None
     event_count: int
     new_from: int
-    events: Iterable[Mapping[str, Any]]
+    events: Iterable[StoredEvent]
 
 
 def session_id_of(batch_id: ObjectId, session_id: str) -> str:
     return f"{batch_id}:{session_id}"
 
 
-def event_size(event: Mapping[str, Any]) -> int:
+def event_size(event: StoredEvent | StoredBatchEvent) -> int:
     """About the bytes an event takes in a document (UTF-8, never less)."""
     size = _EVENT_OVERHEAD_BYTES
     for name in ("event_id", "object_id", "event_type", "meta"):

@@ -22,7 +22,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
@@ -31,7 +31,9 @@ from batches.digest import batch_digest
 
 if TYPE_CHECKING:
     from bson import ObjectId
+    from pymongo.collection import Collection
 
+    from batches.documents import BatchSessionDocument
     from batches.store import BatchStore
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,49 @@ FORGOTTEN = "forgotten"
 FORGOTTEN_SESSION_DAYS = 7
 
 
+class ErasurePart(TypedDict):
+    """A partition's report: how many sessions it removed from its state, and the offset
+    of the report on the releases topic."""
+
+    session_count: int
+    offset: int
+
+
+class ErasureDocument(TypedDict):
+    """``erasures``: a forget request's receipt (``_id`` is its ``request_id``)."""
+
+    _id: str
+    status: str
+    user_id: NotRequired[str]
+    """Removed once the erasure is done."""
+    requested_at_ms: int
+    partition_count: int
+    partitions: dict[str, ErasurePart]
+    batch_session_counts: dict[str, int]
+    done_at_ms: NotRequired[int]
+
+
+class ForgottenSessionDocument(TypedDict):
+    """``forgotten_sessions``: a session erased (``_id`` is its ``session_id``)."""
+
+    _id: str
+    request_id: str
+    forgotten_at: datetime
+
+
+class PublicErasure(TypedDict):
+    """An :class:`Erasure` as the forget endpoints answer."""
+
+    request_id: str
+    status: str
+    requested_at: int
+    done_at: int | None
+    partitions_done: int
+    partition_count: int
+    table_session_count: int
+    batch_session_counts: dict[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     """A forget request's receipt."""
@@ -50,14 +95,14 @@ class Erasure:
     status: str
     requested_at_ms: int
     partition_count: int
-    partitions: dict[str, dict[str, int]]
+    partitions: dict[str, ErasurePart]
     batch_session_counts: dict[str, int] = field(default_factory=dict)
     done_at_ms: int | None = None
     user_id: str | None = None
     """Only while the erasure runs."""
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Erasure:
+    def from_document(cls, doc: ErasureDocument) -> Erasure:
         return cls(
             request_id=doc["_id"],
             status=doc["status"],
@@ -74,7 +119,7 @@ class Erasure:
         """Every partition removed the user's sessions from its state."""
         return len(self.partitions) == self.partition_count
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> PublicErasure:
         """The answer of the forget endpoints."""
         return {
             "request_id": self.request_id,
@@ -98,8 +143,10 @@ class ErasureStore:
     def __init__(self, batches: BatchStore) -> None:
         self._batches = batches
         database = batches.batches.database
-        self.erasures = database.get_collection("erasures")
-        self.forgotten = database.get_collection("forgotten_sessions")
+        erasures = database.get_collection("erasures")
+        forgotten = database.get_collection("forgotten_sessions")
+        self.erasures = cast("Collection[ErasureDocument]", erasures)
+        self.forgotten = cast("Collection[ForgottenSessionDocument]", forgotten)
 
     def ensure_indexes(self) -> None:
         self.forgotten.create_index(
@@ -113,7 +160,7 @@ class ErasureStore:
         self, request_id: str, user_id: str, requested_at_ms: int, partition_count: int
     ) -> tuple[Erasure, bool]:
         """The erasure of ``request_id``, created if new; whether it was created now."""
-        doc = {
+        doc: ErasureDocument = {
             "_id": request_id,
             "status": FORGETTING,
             "user_id": user_id,
@@ -167,7 +214,8 @@ class ErasureStore:
         """Remove every released copy of the user's sessions, part by part, keeping each
         batch's counts and digests true."""
         store = self._batches
-        parts: dict[tuple[ObjectId, int], list[dict[str, Any]]] = defaultdict(list)
+        # Heads projected to what erasing reads of them.
+        parts: dict[tuple[ObjectId, int], list[BatchSessionDocument]] = defaultdict(list)
         for head in store.sessions.find(
             {"user_id": user_id},
             {"batch_id": 1, "partition": 1, "session_number": 1, "event_count": 1, "is_repeat": 1},
@@ -191,7 +239,9 @@ class ErasureStore:
                 request_id,
             )
 
-    def _part_erased(self, batch_id: ObjectId, partition: int, heads: list[dict[str, Any]]) -> None:
+    def _part_erased(
+        self, batch_id: ObjectId, partition: int, heads: list[BatchSessionDocument]
+    ) -> None:
         """Lower the part's counts, and compute its digest again (the batch's too), in one
         update of the batch."""
         store = self._batches
@@ -200,7 +250,7 @@ class ErasureStore:
             return
         path = f"partitions.{partition}"
         part = batch.partitions.get(str(partition))
-        update: dict[str, Any] = {"$inc": {"erased_session_count": len(heads)}}
+        update: dict[str, dict[str, object]] = {"$inc": {"erased_session_count": len(heads)}}
         if part is None:  # its report is not in yet: it will count what is left
             store.batches.update_one({"_id": batch_id}, update)
             return

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from pymongo import ASCENDING
 
@@ -30,8 +30,17 @@ from batches.store import EXPIRED, EXPIRING, RELEASED
 
 if TYPE_CHECKING:
     from bson import ObjectId
+    from pymongo.collection import Collection
 
     from batches.store import BatchStore
+
+
+class HoldDocument(TypedDict):
+    """``batch_holds``: a follower that keeps its batches, and what it exported."""
+
+    _id: str
+    released_up_to_ms: int
+
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +61,8 @@ class BatchExpiry:
 
     def __init__(self, store: BatchStore) -> None:
         self._store = store
-        self.holds = store.batches.database.get_collection("batch_holds")
+        holds = store.batches.database.get_collection("batch_holds")
+        self.holds = cast("Collection[HoldDocument]", holds)
 
     def ensure_indexes(self) -> None:
         self._store.batches.create_index([("status", ASCENDING), ("released_at_ms", ASCENDING)])

@@ -4,15 +4,88 @@ to format one."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast, final, overload
 
 from schemas import event_item, from_json_text
 
+if TYPE_CHECKING:
+    from batches.documents import BatchSessionDocument, StoredBatchEvent
+    from schemas import JsonObject
+    from schemas.records import SearchResult, SortBy, StoredEvent
 
-def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict[str, Any]:
+
+@final  # so ``"session_number" in doc`` tells it from a batch's session
+class TableSession(TypedDict):
+    """A registered session of the worker's tables, as ``stream_app.session_view`` gathers
+    it (its entry, its registration, its first events)."""
+
+    session_id: str
+    search_query: str
+    search_results: list[SearchResult]
+    search_meta: str | None
+    payload_filter: str | None
+    sort_by: SortBy | None
+    user_id: str | None
+    created_at: int
+    is_irrelevant: bool
+    event_count: int
+    events: list[StoredEvent]
+
+
+class PublicSearchResult(TypedDict):
+    object_id: str
+    rank: float | None
+    meta: JsonObject | None
+
+
+class PublicEvent(TypedDict):
+    event_id: str
+    object_id: str
+    event_type: str
+    created_at: int
+    meta: JsonObject | None
+    is_new: NotRequired[bool]
+    """Of a batch session: whether the event is new in this batch."""
+
+
+class PublicSession(TypedDict):
+    """A session as the API shows it (of the worker's tables: ``PublicBatchSession`` for a
+    batch's)."""
+
+    session_id: str
+    search_query: str
+    search_results: list[PublicSearchResult]
+    search_meta: JsonObject | None
+    payload_filter: JsonObject | None
+    sort_by: SortBy | None
+    user_id: str | None
+    created_at: int
+    is_irrelevant: bool
+    event_count: int
+    events: list[PublicEvent]
+
+
+class PublicBatchSession(PublicSession):
+    """A session of a batch as the API and the readers of batches show it."""
+
+    session_number: int
+    is_repeat: bool
+    previous_batch_id: str | None
+    new_event_count: int
+
+
+@overload
+def public_session(
+    doc: BatchSessionDocument, events_limit: int | None = None
+) -> PublicBatchSession: ...
+@overload
+def public_session(doc: TableSession, events_limit: int | None = None) -> PublicSession: ...
+def public_session(
+    doc: BatchSessionDocument | TableSession, events_limit: int | None = None
+) -> PublicSession | PublicBatchSession:
     """A stored session (a batch document or a table entry) as the API shows it."""
     events = doc["events"] if events_limit is None else doc["events"][:events_limit]
-    out = {
+    out: PublicSession = {
         "session_id": doc["session_id"],
         "search_query": doc["search_query"],
         "search_results": [
@@ -29,7 +102,7 @@ def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict
         "events": [_public_event(e) for e in events],
     }
     if "session_number" in doc:
-        out = {
+        batch_session: PublicBatchSession = {
             "session_number": doc["session_number"],
             **out,
             "is_repeat": doc["is_repeat"],
@@ -37,11 +110,12 @@ def public_session(doc: dict[str, Any], events_limit: int | None = None) -> dict
             "previous_batch_id": doc.get("previous_batch_id"),
             "new_event_count": doc.get("new_event_count", out["event_count"]),
         }
+        return batch_session
     return out
 
 
-def _public_event(event: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {**event_item(event), "meta": from_json_text(event["meta"])}
+def _public_event(event: StoredBatchEvent | StoredEvent) -> PublicEvent:
+    out = cast("PublicEvent", {**event_item(event), "meta": from_json_text(event["meta"])})
     if "is_new" in event:
         out["is_new"] = event["is_new"]
     return out

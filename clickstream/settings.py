@@ -7,7 +7,7 @@ import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +23,9 @@ DEFAULT_CREATED_AT_MAX_AHEAD_SECONDS = 5 * 60
 
 
 # What deploy files and docs put where a secret goes.
+KafkaConfig = dict[str, str | int | float | bool]
+"""librdkafka settings, by their dotted names."""
+
 _PLACEHOLDER = re.compile(r"replace[-_ ]?(with|me)|change[-_ ]?me|<[^>]*>", re.IGNORECASE)
 
 
@@ -244,7 +247,7 @@ class Settings(BaseSettings):
                 )
         return value
 
-    def kafka_common_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+    def kafka_common_config(self, bootstrap: str | None = None) -> KafkaConfig:
         """librdkafka settings shared by every client of the pipeline."""
         servers = bootstrap or self.kafka_bootstrap
         if not servers:
@@ -256,7 +259,7 @@ class Settings(BaseSettings):
         """``CLICKSTREAM_KAFKA_EXTRA_CONFIG`` in clear, for the Kafka clients only."""
         return {key: value.get_secret_value() for key, value in self.kafka_extra_config.items()}
 
-    def kafka_producer_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+    def kafka_producer_config(self, bootstrap: str | None = None) -> KafkaConfig:
         """librdkafka settings of the producer behind every 2xx: nothing acknowledged is lost."""
         timeout_ms = int(self.publish_timeout_seconds * 1000)
         return {

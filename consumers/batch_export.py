@@ -25,7 +25,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TextIO, TypedDict, TypeVar, cast
 
 from bson import ObjectId
 
@@ -41,7 +41,50 @@ from consumers.training import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from batches.public import PublicBatchSession
+    from consumers.training import ShapedRow
+    from schemas.records import SortBy
+
+
+class ParquetSearchResult(TypedDict):
+    object_id: str
+    rank: float | None
+    meta: str | None
+
+
+class ParquetEvent(TypedDict):
+    event_id: str
+    object_id: str
+    event_type: str
+    created_at: int
+    meta: str | None
+    is_new: NotRequired[bool]
+
+
+class ParquetSessionRow(TypedDict):
+    """A session as a row of ``parquet_schema``: its free-form objects as JSON text."""
+
+    session_number: int
+    session_id: str
+    search_query: str
+    search_results: list[ParquetSearchResult]
+    search_meta: str | None
+    payload_filter: str | None
+    sort_by: SortBy | None
+    user_id: str | None
+    created_at: int
+    is_irrelevant: bool
+    is_repeat: bool
+    previous_batch_id: str | None
+    new_event_count: int
+    event_count: int
+    events: list[ParquetEvent]
+
+
+if TYPE_CHECKING:
+    ExportRow = PublicBatchSession | ParquetSessionRow | ShapedRow
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -95,7 +138,7 @@ def export_batch(
         raise BatchExportError("Parquet cannot be written to stdout: give --output a file")
     sessions = _Counting(store.iter_sessions(ObjectId(batch.batch_id), page_size=page_size))
     # Each session's rows: itself, or its training examples.
-    examples: Iterable[list[dict[str, Any]]]
+    examples: Iterable[Sequence[ExportRow]]
     if shape is RowShape.SESSIONS:
         examples = ([session] for session in sessions)
     else:
@@ -143,11 +186,11 @@ def _released_batch(store: BatchStore, batch_id: str) -> Batch:
 class _Counting:
     """The sessions, counted (and their events) as they are read."""
 
-    def __init__(self, sessions: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, sessions: Iterable[PublicBatchSession]) -> None:
         self._sessions = sessions
         self.sessions = self.events = 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[PublicBatchSession]:
         for session in self._sessions:
             self.sessions += 1
             self.events += len(session["events"])
@@ -172,11 +215,11 @@ def _put_in_place(output: Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
-def _json_line(row: dict[str, Any]) -> str:
+def _json_line(row: ExportRow) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def _write_jsonl(examples: Iterable[list[dict[str, Any]]], file: TextIO) -> int:
+def _write_jsonl(examples: Iterable[Sequence[ExportRow]], file: TextIO) -> int:
     rows = 0
     for session_rows in examples:
         file.writelines(_json_line(row) for row in session_rows)
@@ -237,11 +280,11 @@ def parquet_schema() -> Any:
     )
 
 
-def _json_text(value: Any) -> str | None:
+def _json_text(value: object) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
-def _check_fields(session: dict[str, Any], schema: Any) -> None:
+def _check_fields(session: PublicBatchSession, schema: Any) -> None:
     """A field the schema lacks would be dropped silently by pyarrow: refuse it instead."""
     unknown = set(session) - set(schema.names)
     events = schema.field("events").type.value_type
@@ -251,7 +294,7 @@ def _check_fields(session: dict[str, Any], schema: Any) -> None:
         raise BatchExportError(f"fields missing from the Parquet schema: {sorted(unknown)}")
 
 
-def _parquet_row(session: dict[str, Any], schema: Any) -> dict[str, Any]:
+def _parquet_row(session: PublicBatchSession, schema: Any) -> ParquetSessionRow:
     """A session as a row of ``parquet_schema`` (its free-form objects as JSON text)."""
     _check_fields(session, schema)
     return {
@@ -275,18 +318,20 @@ def _pyarrow() -> tuple[Any, Any]:
 
 
 def _write_parquet(
-    examples: Iterable[list[dict[str, Any]]], output: Path | str, shape: RowShape, page_size: int
+    examples: Iterable[Sequence[ExportRow]], output: Path | str, shape: RowShape, page_size: int
 ) -> int:
     """Write each session's rows, in row groups of a page of sessions (sessions as stored) or
     of about ``ROW_GROUP_ROWS`` rows (training rows); the number of rows written."""
     pa, pq = _pyarrow()
     if shape is RowShape.SESSIONS:
         schema, group_rows = parquet_schema(), page_size
-        examples = ([_parquet_row(row, schema) for row in rows] for rows in examples)
+        # Sessions as stored: each a row of its own.
+        sessions = cast("Iterable[Sequence[PublicBatchSession]]", examples)
+        examples = ([_parquet_row(row, schema) for row in rows] for rows in sessions)
     else:
         schema, group_rows = arrow_schema(shape), ROW_GROUP_ROWS
     written = 0
-    group: list[dict[str, Any]] = []
+    group: list[ExportRow] = []
     with pq.ParquetWriter(str(output), schema, compression="zstd") as writer:
         for session_rows in examples:
             group.extend(session_rows)

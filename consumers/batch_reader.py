@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypeGuard
+from typing import TYPE_CHECKING, Self, TypedDict, TypeGuard, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from confluent_kafka import Message
+
+    from batches.public import PublicBatchSession
+    from schemas.records import BatchReleased, ReleaseOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,21 @@ class ReleasedBatch:
     released_at_ms: int
     content_digest: str | None = None
     """SHA-256 of the batch as written (``batches.digest``); reading it checks it."""
+
+
+class PublicReleaseAnswer(TypedDict):
+    """A :class:`ReleaseAnswer` as the command line and the API show it."""
+
+    status: str
+    batch_id: str | None
+    release_id: str
+    request_ids: list[str]
+    session_count: int
+    event_count: int
+    repeat_session_count: int
+    requested_at: int
+    answered_at: int
+    unreleasable_session_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +78,7 @@ class ReleaseAnswer:
     unreleasable_session_ids: tuple[str, ...] = ()
     """Sessions MongoDB refused to store: not in the batch (dead-lettered, with the reason)."""
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> PublicReleaseAnswer:
         return {
             "status": "released" if self.released else "empty",
             "batch_id": self.batch_id,
@@ -132,9 +150,16 @@ class BatchReader:
                     continue
                 # One per batch; ReleaseOutcome is for requesters.
                 if decoded.name == SchemaName.BATCH_RELEASED:
-                    record = decoded.record
+                    batch = cast("BatchReleased", decoded.record)
                     yield ReleasedBatch(
-                        **{name: record[name] for name in ReleasedBatch.__dataclass_fields__}
+                        batch_id=batch["batch_id"],
+                        release_id=batch["release_id"],
+                        session_count=batch["session_count"],
+                        event_count=batch["event_count"],
+                        repeat_session_count=batch["repeat_session_count"],
+                        requested_at_ms=batch["requested_at_ms"],
+                        released_at_ms=batch["released_at_ms"],
+                        content_digest=batch["content_digest"],
                     )
                     consumer.commit(message=message, asynchronous=False)
         finally:
@@ -178,22 +203,25 @@ class BatchReader:
                 if record.get("release_id") != release_id:
                     continue
                 if decoded.name == SchemaName.RELEASE_OUTCOME:
-                    released = record["status"] == "RELEASED"
+                    outcome = cast("ReleaseOutcome", record)
+                    released = outcome["status"] == "RELEASED"
                     answers_request = (
-                        request_id in record["request_ids"]
+                        request_id in outcome["request_ids"]
                         if request_id is not None
                         else (message.offset() or 0) >= end_at_start
                     )
                     if released or answers_request:
-                        return _answer(record, released=released)
+                        return _answer(
+                            outcome,
+                            released=released,
+                            request_ids=tuple(outcome["request_ids"]),
+                            answered_at_ms=outcome["answered_at_ms"],
+                            unreleasable=tuple(outcome.get("unreleasable_session_ids", ())),
+                        )
                 elif decoded.name == SchemaName.BATCH_RELEASED:  # from before ReleaseOutcome
+                    batch = cast("BatchReleased", record)
                     return _answer(
-                        {
-                            **record,
-                            "request_ids": [],
-                            "answered_at_ms": record["released_at_ms"],
-                        },
-                        released=True,
+                        batch, released=True, request_ids=(), answered_at_ms=batch["released_at_ms"]
                     )
         finally:
             consumer.close()
@@ -214,7 +242,7 @@ class BatchReader:
         object_id = parse_batch_id(batch_id)
         return self.store.get(object_id) if object_id else None
 
-    def sessions(self, batch_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    def sessions(self, batch_id: str, page_size: int = 500) -> Iterator[PublicBatchSession]:
         """Every session of the batch with all its events (in the order they arrived), by
         ``session_number``; at most ``page_size`` sessions are held at a time.
 
@@ -243,18 +271,27 @@ class BatchReader:
         self.close()
 
 
-def _answer(record: dict[str, Any], *, released: bool) -> ReleaseAnswer:
+def _answer(
+    record: ReleaseOutcome | BatchReleased,
+    *,
+    released: bool,
+    request_ids: tuple[str, ...],
+    answered_at_ms: int,
+    unreleasable: tuple[str, ...] = (),
+) -> ReleaseAnswer:
+    """A ReleaseOutcome's answer, or a BatchReleased's (from before ReleaseOutcome existed:
+    it answers no request, at the time the batch was released)."""
     return ReleaseAnswer(
         released=released,
         batch_id=record["batch_id"] if released else None,
         release_id=record["release_id"],
-        request_ids=tuple(record["request_ids"]),
+        request_ids=request_ids,
         session_count=record["session_count"],
         event_count=record["event_count"],
         repeat_session_count=record["repeat_session_count"],
         requested_at_ms=record["requested_at_ms"],
-        answered_at_ms=record["answered_at_ms"],
-        unreleasable_session_ids=tuple(record.get("unreleasable_session_ids", ())),
+        answered_at_ms=answered_at_ms,
+        unreleasable_session_ids=unreleasable,
     )
 
 

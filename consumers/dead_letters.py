@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
@@ -27,10 +27,41 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from clickstream.settings import Settings
+    from schemas.records import DeadLetter
 
 logger = logging.getLogger(__name__)
 
 _READ_TIMEOUT_SECONDS = 30.0
+
+
+class PublicLetter(TypedDict):
+    """A :class:`Letter` as the command line prints it."""
+
+    id: str
+    reason: str
+    detail: str
+    session_id: str | None
+    source: str
+    dead_lettered_at_ms: int
+    message: NotRequired[DecodedLetter | UndecodableLetter | None]
+
+
+class DecodedLetter(TypedDict):
+    """A letter's message decoded: its schema and its record, bytes as hex."""
+
+    schema: str
+    record: object
+
+
+class UndecodableLetter(TypedDict):
+    undecodable: str
+    bytes: int
+
+
+class PublicReplayReport(TypedDict):
+    sent: list[str]
+    skipped: dict[str, str]
+    refused_again: list[PublicLetter]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +79,9 @@ class Letter:
     dead_lettered_at_ms: int
     value: bytes | None = field(repr=False)
 
-    def public(self, codec: AvroCodec | None = None) -> dict[str, Any]:
+    def public(self, codec: AvroCodec | None = None) -> PublicLetter:
         """As the command line prints it; with ``codec``, the original message decoded."""
-        out: dict[str, Any] = {
+        out: PublicLetter = {
             "id": self.id,
             "reason": self.reason,
             "detail": self.detail,
@@ -63,7 +94,7 @@ class Letter:
         return out
 
 
-def _decoded(codec: AvroCodec, value: bytes | None) -> dict[str, Any] | None:
+def _decoded(codec: AvroCodec, value: bytes | None) -> DecodedLetter | UndecodableLetter | None:
     if value is None:
         return None
     try:
@@ -73,7 +104,7 @@ def _decoded(codec: AvroCodec, value: bytes | None) -> dict[str, Any] | None:
     return {"schema": decoded.name, "record": _printable(decoded.record)}
 
 
-def _printable(value: Any) -> Any:
+def _printable(value: object) -> object:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, dict):
@@ -92,7 +123,7 @@ class ReplayReport:
     refused_again: list[Letter]
     """Letters the stream wrote for replayed messages while the replay waited."""
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> PublicReplayReport:
         return {
             "sent": self.sent,
             "skipped": self.skipped,
@@ -263,7 +294,7 @@ class DeadLetters:
             raise DeadLetterError(f"letter {letter_id} cannot be read: {exc}") from exc
         if decoded.name != SchemaName.DEAD_LETTER:
             raise DeadLetterError(f"letter {letter_id} is a {decoded.name}")
-        record = decoded.record
+        record = cast("DeadLetter", decoded.record)
         return Letter(
             id=letter_id,
             reason=record["reason"],

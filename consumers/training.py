@@ -31,10 +31,13 @@ import json
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+
+    from batches.public import PublicBatchSession, PublicEvent
+    from schemas.records import SortBy
 
 
 class RowShape(StrEnum):
@@ -50,6 +53,56 @@ class Label(StrEnum):
     UNJUDGED = "unjudged"
 
 
+class TrainingRow(TypedDict):
+    """A row of the ``training`` shape: one (session, shown result); free-form objects as
+    JSON text."""
+
+    batch_id: str
+    session_number: int
+    session_id: str
+    user_id: str | None
+    query: str
+    search_meta: str | None
+    payload_filter: str | None
+    sort_by: SortBy | None
+    object_id: str
+    object_meta: str | None
+    position: int
+    rank: float | None
+    clicks: int
+    new_clicks: int
+    first_click_at: int | None
+    label: str
+    is_irrelevant: bool
+    is_repeat: bool
+
+
+class _Example(TypedDict):
+    batch_id: str
+    session_id: str
+    query: str
+    search_meta: str | None
+
+
+class PairRow(_Example):
+    """A row of the ``pairs`` shape: (query, positive)."""
+
+    positive_id: str
+    positive_meta: str | None
+    positive_position: int
+
+
+class TripletRow(PairRow):
+    """A row of the ``triplets`` shape: (query, positive, negative)."""
+
+    negative_id: str
+    negative_meta: str | None
+    negative_position: int
+
+
+ShapedRow = TrainingRow | PairRow | TripletRow
+
+
 @dataclass(frozen=True, slots=True)
 class TrainingOptions:
     only_new_clicks: bool = False
@@ -57,15 +110,15 @@ class TrainingOptions:
     negatives_per_positive: int = 1
 
 
-def _json_text(value: Any) -> str | None:
+def _json_text(value: object) -> str | None:
     """Free-form objects as JSON text: JSON numbers (integers beyond 64 bits among them)
     have no single Arrow type."""
     return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def training_rows(
-    batch_id: str, session: dict[str, Any], options: TrainingOptions
-) -> list[dict[str, Any]]:
+    batch_id: str, session: PublicBatchSession, options: TrainingOptions
+) -> list[TrainingRow]:
     """The session's rows of the ``training`` shape, in the order its results were shown."""
     rows = _rows(batch_id, session, options)
     if not options.only_new_clicks:
@@ -75,9 +128,11 @@ def training_rows(
     return [row for row in rows if row["label"] != Label.POSITIVE or row["new_clicks"]]
 
 
-def _rows(batch_id: str, session: dict[str, Any], options: TrainingOptions) -> list[dict[str, Any]]:
+def _rows(
+    batch_id: str, session: PublicBatchSession, options: TrainingOptions
+) -> list[TrainingRow]:
     events = session["events"]
-    by_object: dict[str, list[dict[str, Any]]] = {}
+    by_object: dict[str, list[PublicEvent]] = {}
     for event in events:
         by_object.setdefault(event["object_id"], []).append(event)
     results = session["search_results"]
@@ -86,7 +141,7 @@ def _rows(batch_id: str, session: dict[str, Any], options: TrainingOptions) -> l
     irrelevant = bool(session["is_irrelevant"]) or not clicked_positions
     if irrelevant and options.skip_irrelevant:
         return []
-    rows = []
+    rows: list[TrainingRow] = []
     for position, result in enumerate(results):
         clicks = by_object.get(result["object_id"], [])
         if clicks:
@@ -120,7 +175,7 @@ def _rows(batch_id: str, session: dict[str, Any], options: TrainingOptions) -> l
     return rows
 
 
-def _example(row: dict[str, Any]) -> dict[str, Any]:
+def _example(row: TrainingRow) -> _Example:
     return {
         "batch_id": row["batch_id"],
         "session_id": row["session_id"],
@@ -129,7 +184,7 @@ def _example(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pair(row: dict[str, Any]) -> dict[str, Any]:
+def _pair(row: TrainingRow) -> PairRow:
     return {
         **_example(row),
         "positive_id": row["object_id"],
@@ -138,16 +193,16 @@ def _pair(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pair_rows(rows: list[TrainingRow]) -> list[PairRow]:
     """(query, positive) rows from one session's training rows."""
     return [_pair(row) for row in rows if row["label"] == Label.POSITIVE]
 
 
-def triplet_rows(rows: list[dict[str, Any]], per_positive: int) -> list[dict[str, Any]]:
+def triplet_rows(rows: list[TrainingRow], per_positive: int) -> list[TripletRow]:
     """(query, positive, negative) rows from one session's training rows; a positive without
     a negative in its session gives none."""
     negatives = [row for row in rows if row["label"] == Label.NEGATIVE]
-    out: list[dict[str, Any]] = []
+    out: list[TripletRow] = []
     for positive in (row for row in rows if row["label"] == Label.POSITIVE):
         seed = f"{positive['batch_id']}/{positive['session_id']}/{positive['object_id']}"
         # Sampling, not security: the seed makes the rows the same on every export.
@@ -167,17 +222,18 @@ def triplet_rows(rows: list[dict[str, Any]], per_positive: int) -> list[dict[str
 
 def shaped_rows(
     batch_id: str,
-    sessions: Iterable[dict[str, Any]],
+    sessions: Iterable[PublicBatchSession],
     shape: RowShape,
     options: TrainingOptions,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[list[TrainingRow] | list[PairRow] | list[TripletRow]]:
     """Each session's rows of the shape (possibly none), in session order."""
     for session in sessions:
-        rows = training_rows(batch_id, session, options)
+        rows: list[TrainingRow] | list[PairRow] | list[TripletRow]
+        rows = training = training_rows(batch_id, session, options)
         if shape is RowShape.PAIRS:
-            rows = pair_rows(rows)
+            rows = pair_rows(training)
         elif shape is RowShape.TRIPLETS:
-            rows = triplet_rows(rows, options.negatives_per_positive)
+            rows = triplet_rows(training, options.negatives_per_positive)
         yield rows
 
 

@@ -42,7 +42,7 @@ def _with_local_run(settings: Settings) -> Settings:
         running = json.loads(run_file(settings).read_text())
     except (OSError, ValueError):
         return settings
-    found: dict[str, Any] = {}
+    found: dict[str, str | SecretStr] = {}
     if not settings.kafka_bootstrap and running.get("kafka_bootstrap"):
         found["kafka_bootstrap"] = running["kafka_bootstrap"]
     uri = running.get("mongodb_uri") or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from clickstream.pseudonyms import pseudonym
 from producers.publisher import OutgoingMessage
@@ -15,7 +15,7 @@ from schemas.records import SessionEvents
 if TYPE_CHECKING:
     from clickstream.settings import Settings
     from producers.models import EventsIn, SearchResultIn, SessionIn, SortByIn
-    from schemas import AvroCodec
+    from schemas import AvroCodec, JsonObject
     from schemas.records import (
         EventItem,
         ForgetRequested,
@@ -33,7 +33,7 @@ MAX_EVENTS_MESSAGE_BYTES = 256 * 1024
 _EVENT_OVERHEAD_BYTES = 32
 
 
-def _json_or_none(value: dict[str, Any] | None) -> str | None:
+def _json_or_none(value: JsonObject | None) -> str | None:
     return None if value is None else to_json_text(value)
 
 

@@ -48,7 +48,7 @@ from clickstream.settings import (
     DEFAULT_MAX_ID_LENGTH,
     Settings,
 )
-from schemas.json_text import checked_json
+from schemas.json_text import JsonObject, checked_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -94,7 +94,7 @@ class Limited(GroupedMetadata):
         return self if limits == self.limits else replace(self, limits=limits)
 
 
-def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _finite_json(value: JsonObject | None) -> JsonObject | None:
     """Refuses what JSON cannot carry; the text made for the check is kept for the message."""
     if value is None:
         return None
@@ -158,11 +158,11 @@ def _most_events(limits: Limits) -> tuple[Any, ...]:
 Id = Annotated[str, StringConstraints(min_length=1), Limited(_longest_id)]
 """An identifier: session, event, object, user or release id."""
 
-JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_finite_json)]
+FreeJson = Annotated[JsonObject | None, AfterValidator(_finite_json)]
 """Free-form metadata: any JSON object, passed through losslessly."""
 
 
-def _has_query(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _has_query(value: JsonObject | None) -> JsonObject | None:
     if value is not None and not isinstance(value.get("query"), dict):
         raise ValueError(
             'must be an object with a "query" object, as '
@@ -173,7 +173,7 @@ def _has_query(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 PayloadFilter = Annotated[
     Annotated[
-        dict[str, Any],
+        JsonObject,
         WithJsonSchema(
             {
                 "type": "object",
@@ -233,8 +233,8 @@ class RequestModel(BaseModel):
 class WithMeta(RequestModel):
     """``meta``, or ``item_info`` when ``meta`` is not sent."""
 
-    meta: JsonObject = _META
-    item_info: JsonObject = _ITEM_INFO
+    meta: FreeJson = _META
+    item_info: FreeJson = _ITEM_INFO
 
     @model_validator(mode="after")
     def _meta_from_item_info(self) -> Self:
@@ -284,7 +284,7 @@ class SessionIn(RequestModel):
     session_id: Id
     search_query: str
     search_results: list[SearchResultIn]
-    search_meta: JsonObject = None
+    search_meta: FreeJson = None
     user_id: Id | None = None
     created_at: Timestamp = None
     payload_filter: PayloadFilter = None
@@ -528,13 +528,13 @@ class EventOut(BaseModel):
     object_id: str
     event_type: str
     created_at: int
-    meta: dict[str, Any] | None
+    meta: JsonObject | None
 
 
 class SearchResultOut(BaseModel):
     object_id: str
     rank: float | None
-    meta: dict[str, Any] | None
+    meta: JsonObject | None
 
 
 class SortByOut(BaseModel):
@@ -549,8 +549,8 @@ class SessionOut(BaseModel):
     session_id: str
     search_query: str
     search_results: list[SearchResultOut]
-    search_meta: dict[str, Any] | None
-    payload_filter: dict[str, Any] | None = None
+    search_meta: JsonObject | None
+    payload_filter: JsonObject | None = None
     sort_by: SortByOut | None = None
     user_id: str | None
     created_at: int

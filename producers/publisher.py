@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from confluent_kafka import Message
+
+    from clickstream.settings import KafkaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class _Generation:
 
     __slots__ = ("fatal", "number", "pending", "producer")
 
-    def __init__(self, number: int, config: dict[str, Any], on_error: Callable[..., None]) -> None:
+    def __init__(self, number: int, config: KafkaConfig, on_error: Callable[..., None]) -> None:
         self.number = number
         self.pending: set[_Acknowledgement] = set()
         # Set once the producer reported a fatal error: it will never produce again.
@@ -104,7 +106,7 @@ class KafkaPublisher:
             (``CLICKSTREAM_PUBLISH_TIMEOUT_SECONDS``; librdkafka's message timeout too).
     """
 
-    def __init__(self, config: dict[str, Any], timeout: float) -> None:
+    def __init__(self, config: KafkaConfig, timeout: float) -> None:
         self.timeout = timeout
         self._config = config
         self._last_error_logged = -_ERROR_LOG_INTERVAL_SECONDS

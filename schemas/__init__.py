@@ -13,13 +13,14 @@ from schemas.exceptions import (
     SchemaError,
     UnknownSchemaError,
 )
-from schemas.json_text import from_json_text, to_json_text
+from schemas.json_text import JsonObject, from_json_text, to_json_text
 from schemas.records import SchemaName, event_item
 from schemas.topics import Topics
 
 __all__ = [
     "AvroCodec",
     "Decoded",
+    "JsonObject",
     "MalformedMessageError",
     "RecordMismatchError",
     "SchemaError",

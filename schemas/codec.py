@@ -30,6 +30,9 @@ from schemas.exceptions import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from schemas.json_text import JsonObject
+    from schemas.records import AvroRecord
+
 SCHEMA_DIR = Path(__file__).parent / "avro"
 SCHEMA_IDS_FILE = Path(__file__).parent / "schema_ids.json"
 EARLIER_DIR = SCHEMA_DIR / "earlier"
@@ -42,7 +45,8 @@ class Decoded:
     """A decoded message: the full name of its schema and its record."""
 
     name: str
-    record: dict[str, Any]
+    record: AvroRecord
+    """A record of the schema ``name``: cast it to that schema's TypedDict."""
 
 
 def load_schema_ids(path: Path = SCHEMA_IDS_FILE) -> dict[str, int]:
@@ -64,7 +68,7 @@ class AvroCodec:
         ids = dict(schema_ids if schema_ids is not None else load_schema_ids())
         if len(set(ids.values())) != len(ids):
             raise SchemaSetupError(f"two schemas share an id: {ids}")
-        named: dict[str, Any] = {}
+        named: dict[str, JsonObject] = {}
         self._by_name: dict[str, tuple[int, Any]] = {}
         # id -> (name, the schema it was written with, the newest: None when the same)
         self._by_id: dict[int, tuple[str, Any, Any]] = {}
@@ -76,7 +80,7 @@ class AvroCodec:
             # fastavro leaves a record that names a type of another file half-registered
             # (no fields) while it loads that file: register the whole record, so a later
             # schema can hold it (SessionRegisteredBatch holds SessionRegistered).
-            whole = cast("dict[str, Any]", parsed)
+            whole = cast("JsonObject", parsed)
             named[name] = {key: value for key, value in whole.items() if not key.startswith("__")}
             self._by_name[name] = (schema_id, parsed)
             self._by_id[schema_id] = (name, parsed, None)
@@ -86,7 +90,7 @@ class AvroCodec:
             name: _record_unions(parsed, named) for name, (_, parsed) in self._by_name.items()
         }
 
-    def _load_earlier(self, named: dict[str, Any]) -> None:
+    def _load_earlier(self, named: dict[str, JsonObject]) -> None:
         """Earlier versions of the message schemas, read into the newest."""
         for path in sorted(EARLIER_DIR.glob("*@*.avsc")):
             name, _, number = path.name.removesuffix(".avsc").partition("@")
@@ -113,10 +117,10 @@ class AvroCodec:
     def names(self) -> tuple[str, ...]:
         return tuple(self._by_name)
 
-    def named_types(self) -> dict[str, dict[str, Any]]:
+    def named_types(self) -> dict[str, JsonObject]:
         """Every named type (record or enum) the message schemas hold, nested ones too, by
         full name, as parsed."""
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, JsonObject] = {}
 
         def walk(schema: Any) -> None:
             if isinstance(schema, list):  # a union
@@ -185,7 +189,7 @@ class AvroCodec:
         return Decoded(name, record)
 
 
-def _record_unions(parsed: dict[str, Any], named: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+def _record_unions(parsed: JsonObject, named: dict[str, JsonObject]) -> tuple[tuple[str, str], ...]:
     """The fields of a record schema typed as null or one record: (field, record's name)."""
     found = []
     for field in parsed.get("fields", ()):

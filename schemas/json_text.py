@@ -10,6 +10,11 @@ import json
 from json.encoder import encode_basestring
 from typing import Any
 
+JsonObject = dict[str, Any]
+"""A free-form JSON object, as ``json.loads`` gives it: ``meta``, ``search_meta``,
+``payload_filter``, ``item_info``, a parsed ``.avsc``, a response body. Only for JSON whose
+shape no schema fixes; a record of ``avro/*.avsc`` has its TypedDict in ``records``."""
+
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -29,7 +34,7 @@ _c_encoder = (
 )
 
 
-class CheckedJson(dict[str, Any]):
+class CheckedJson(JsonObject):
     """A JSON object that keeps the text it was checked with, so it is encoded once."""
 
     __slots__ = ("text",)
@@ -45,7 +50,7 @@ def to_json_text(value: Any) -> str:
     return "".join(_c_encoder(value, 0))
 
 
-def checked_json(value: dict[str, Any]) -> CheckedJson:
+def checked_json(value: JsonObject) -> CheckedJson:
     """``value`` with its JSON text; raises ValueError as :func:`to_json_text` does."""
     checked = CheckedJson(value)  # dict's own __init__: no Python call per event
     checked.text = to_json_text(value)

@@ -9,7 +9,7 @@ A union with ``null`` is ``X | None``; ``long`` and ``int`` are ``int``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,6 +42,11 @@ class SchemaName(StrEnum):
     FORGET_REQUESTED = "clickstream.ForgetRequested"
     FORGET_MARKER = "clickstream.ForgetMarker"
     PARTITION_FORGOT = "clickstream.PartitionForgot"
+
+
+AvroRecord = dict[str, object]
+"""A decoded record whose schema is known only by its name (``Decoded.name``): cast it to
+that schema's TypedDict below once the name is checked."""
 
 
 # Ingest: what the gateway and the producer library publish.
@@ -202,6 +207,7 @@ class DeadLetter(TypedDict):
 # The stream worker's table values.
 
 
+@final  # so ``"is_new" in event`` tells it from a batch's event
 class StoredEvent(TypedDict):
     event_id: str
     object_id: str

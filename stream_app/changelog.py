@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -77,6 +77,13 @@ def ensure_changelog(settings: Settings, topic: str) -> None:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     logger.info("changelog topic created topic=%s", topic)
+
+
+class _ProduceOptions(TypedDict, total=False):
+    """What an outgoing message may add to ``Producer.produce``."""
+
+    partition: int
+    headers: dict[str, bytes]
 
 
 class PartitionWriter:
@@ -145,7 +152,7 @@ class PartitionWriter:
             for key, value in records:
                 self._produce(self._topic, value, key, partition=self.partition)
             for message in messages:
-                kwargs: dict[str, Any] = {}
+                kwargs: _ProduceOptions = {}
                 if message.partition is not None:
                     kwargs["partition"] = message.partition
                 if message.headers:

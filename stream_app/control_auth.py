@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from clickstream import clock
 from clickstream.credentials import control_secrets
@@ -22,9 +22,8 @@ from stream_app.exceptions import MissingControlSecretError
 from stream_app.outgoing import Outgoing
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from clickstream.settings import Settings
+    from schemas.records import AvroRecord, ReleaseMarker
 
 HEADER = "clickstream-signature"
 CONTROL_MESSAGES = frozenset(
@@ -97,7 +96,7 @@ class ControlAuth:
     def refusal(
         self,
         name: str,
-        record: Mapping[str, Any],
+        record: AvroRecord,
         topic: str,
         value: bytes,
         headers: Any,
@@ -114,7 +113,7 @@ class ControlAuth:
             )
         if name == SchemaName.RELEASE_MARKER:
             now_ms = clock.now_ms() if now_ms is None else now_ms
-            ahead_ms = record["requested_at_ms"] - now_ms
+            ahead_ms = cast("ReleaseMarker", record)["requested_at_ms"] - now_ms
             if ahead_ms > self._max_skew_ms:
                 return Refusal(
                     CONTROL_CLOCK_SKEW,

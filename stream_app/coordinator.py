@@ -29,7 +29,7 @@ import hashlib
 import logging
 import struct
 import threading
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from bson import ObjectId
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -53,7 +53,13 @@ if TYPE_CHECKING:
     from batches.store import BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec
-    from schemas.records import ForgetRequested, PartitionForgot
+    from schemas.records import (
+        AvroRecord,
+        ForgetRequested,
+        PartitionForgot,
+        PartitionReleased,
+        ReleaseRequested,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +202,8 @@ class ReleaseCoordinator:
             logger.warning("undecodable message on the releases topic skipped error=%s", exc)
             return
         if decoded.name == SchemaName.RELEASE_REQUESTED:
-            self._books.open_release(decoded.record, batch_id_for(message), plain)
+            request = cast("ReleaseRequested", decoded.record)
+            self._books.open_release(request, batch_id_for(message), plain)
         elif decoded.name == SchemaName.FORGET_REQUESTED:
             self._books.open_erasure(cast("ForgetRequested", decoded.record), plain)
         elif decoded.name in (SchemaName.PARTITION_RELEASED, SchemaName.PARTITION_FORGOT):
@@ -206,7 +213,8 @@ class ReleaseCoordinator:
             if refusal is not None:  # a forged report completes nothing
                 self._refuse(message, refusal.reason, refusal.detail, decoded.record, producer)
             elif decoded.name == SchemaName.PARTITION_RELEASED:
-                self._books.record_part(decoded.record, message, producer)
+                report = cast("PartitionReleased", decoded.record)
+                self._books.record_part(report, message, producer)
             else:
                 self._books.record_forgot(cast("PartitionForgot", decoded.record), message)
         else:
@@ -217,7 +225,7 @@ class ReleaseCoordinator:
         message: Message,
         reason: str,
         detail: str,
-        record: dict[str, Any],
+        record: AvroRecord,
         producer: Producer,
     ) -> None:
         logger.warning(

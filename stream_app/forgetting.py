@@ -12,7 +12,7 @@ erased by the coordinator once every partition reported.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from schemas import SchemaName
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from batches.erasures import ErasureStore
     from schemas import AvroCodec, Topics
-    from schemas.records import ForgetMarker, PartitionForgot
+    from schemas.records import AvroRecord, ForgetMarker, PartitionForgot
     from stream_app.control_auth import ControlAuth
     from stream_app.outgoing import Outgoing
     from stream_app.state.partition import PartitionState
@@ -48,7 +48,7 @@ class Forgetting:
         self._erasures = erasures
 
     def marker(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         marker = cast("ForgetMarker", record)
         entries = state.user_entries(marker["user_id"])

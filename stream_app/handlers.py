@@ -14,7 +14,7 @@ the handler of its concern: registrations and events (``session_handlers``), tic
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from schemas import MalformedMessageError, SchemaName
 from stream_app import dead_letters
@@ -30,13 +30,21 @@ if TYPE_CHECKING:
     from batches.store import BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec, Topics
+    from schemas.records import (
+        AvroRecord,
+        SessionEvents,
+        SessionEventsBatch,
+        SessionRegistered,
+        SessionRegisteredBatch,
+    )
     from stream_app.control_auth import ControlAuth
     from stream_app.forgetting import Forgetting
     from stream_app.outgoing import Outgoing
     from stream_app.part_writer import PartWriter
     from stream_app.state.partition import PartitionState
 
-    Handler = Callable[["PartitionState", dict[str, Any], Message, list[Outgoing]], None]
+    # A handler casts the record to the TypedDict of the schema it is routed by.
+    Handler = Callable[["PartitionState", AvroRecord, Message, list[Outgoing]], None]
 
 
 class InvalidMessageError(ValueError):
@@ -103,7 +111,7 @@ class Handlers:
         if handle is None:
             detail = f"{decoded.name} does not belong on {topic}"
             self._dead_letter(
-                message, dead_letters.UNEXPECTED_MESSAGE, detail, record.get("session_id"), out
+                message, dead_letters.UNEXPECTED_MESSAGE, detail, _session_id(record), out
             )
             return kind
         refusal = self._control.refusal(decoded.name, record, topic, value, message.headers())
@@ -114,7 +122,7 @@ class Handlers:
             _check_json_text(decoded.name, record)
         except InvalidMessageError as exc:
             self._dead_letter(
-                message, dead_letters.INVALID_MESSAGE, str(exc), record.get("session_id"), out
+                message, dead_letters.INVALID_MESSAGE, str(exc), _session_id(record), out
             )
             return kind
         handle(state, record, message, out)
@@ -126,14 +134,14 @@ class Handlers:
         """A message whose handling failed twice for a reason of its own."""
         session_id = None
         try:
-            session_id = self._codec.decode(message.value() or b"").record.get("session_id")
+            session_id = _session_id(self._codec.decode(message.value() or b"").record)
         except MalformedMessageError:
             pass
         detail = f"handling failed: {type(error).__name__}: {error}"
         self._dead_letter(message, dead_letters.HANDLING_FAILED, detail, session_id, out)
 
     def _forget_marker(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         self._forgetting.marker(state, record, message, out)
 
@@ -157,13 +165,19 @@ class Handlers:
         )
 
 
+def _session_id(record: AvroRecord) -> str | None:
+    """The session a record of any schema is about: records that have a ``session_id``
+    hold a string, the others none."""
+    return cast("str | None", record.get("session_id"))
+
+
 # Records of one event; registrations and batches are listed by the branches below.
 _JSON_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     SchemaName.SESSION_EVENT: ("meta",),
 }
 
 
-def _registration_texts(record: dict[str, Any]) -> list[str | None]:
+def _registration_texts(record: SessionRegistered) -> list[str | None]:
     return [
         record["search_meta"],
         record["payload_filter"],
@@ -171,21 +185,23 @@ def _registration_texts(record: dict[str, Any]) -> list[str | None]:
     ]
 
 
-def _check_json_text(name: str, record: dict[str, Any]) -> None:
+def _check_json_text(name: str, record: AvroRecord) -> None:
     """``meta``, ``search_meta`` and ``payload_filter`` are JSON text of an object (or null),
     as the contract says: other producers than the gateway can send anything, and a reader
     of the batch would fail on it later."""
     texts: list[str | None] = []
     if name == SchemaName.SESSION_EVENTS:
-        texts = [event["meta"] for event in record["events"]]
+        texts = [event["meta"] for event in cast("SessionEvents", record)["events"]]
     elif name == SchemaName.SESSION_EVENTS_BATCH:
-        texts = [e["meta"] for request in record["requests"] for e in request["events"]]
+        batch = cast("SessionEventsBatch", record)
+        texts = [e["meta"] for request in batch["requests"] for e in request["events"]]
     elif name == SchemaName.SESSION_REGISTERED:
-        texts = _registration_texts(record)
+        texts = _registration_texts(cast("SessionRegistered", record))
     elif name == SchemaName.SESSION_REGISTERED_BATCH:
-        texts = [text for request in record["requests"] for text in _registration_texts(request)]
+        requests = cast("SessionRegisteredBatch", record)["requests"]
+        texts = [text for request in requests for text in _registration_texts(request)]
     elif name in _JSON_TEXT_FIELDS:
-        texts = [record[field] for field in _JSON_TEXT_FIELDS[name]]
+        texts = [cast("str | None", record[field]) for field in _JSON_TEXT_FIELDS[name]]
     for text in texts:
         if text is None:
             continue

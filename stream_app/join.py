@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from schemas import event_item
 
@@ -31,8 +31,9 @@ from schemas.records import SessionEntry as SessionEntry  # noqa: TC001
 from schemas.records import StoredEvent as StoredEvent  # noqa: TC001
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator
 
+    from batches.documents import BatchSessionDocument
     from schemas.records import EventItem, SessionEvent, SessionRegistered
 
     PieceReader = Callable[[int], EventPiece | None]
@@ -117,7 +118,9 @@ def register(
     )
 
 
-def _registration(source: Mapping[str, Any], received_at_ms: int, offset: int) -> Registration:
+def _registration(
+    source: SessionRegistered | BatchSessionDocument, received_at_ms: int, offset: int
+) -> Registration:
     """A session's registration as the state keeps it, from a SessionRegistered record or a
     released copy of the session (both carry these fields; copies released before
     ``payload_filter`` and ``sort_by`` existed lack them)."""
@@ -339,7 +342,7 @@ class Revived:
 def revived(
     waiting: SessionEntry,
     waiting_events: list[StoredEvent],
-    released: Mapping[str, Any],
+    released: BatchSessionDocument,
 ) -> Revived:
     """A retired session whose events came back: the entry ``waiting`` for a registration
     that never came (a retired session's was read long ago), joined to the session's latest

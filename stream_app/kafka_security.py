@@ -6,7 +6,7 @@ reaches a cluster that needs SASL or TLS like the rest of the pipeline."""
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TypedDict
 
 from stream_app.exceptions import UnsupportedKafkaSecurityError
 
@@ -42,7 +42,18 @@ def ssl_context(extra: dict[str, str]) -> ssl.SSLContext:
     return context
 
 
-def aiokafka_security(extra: dict[str, str]) -> dict[str, Any]:
+class AiokafkaSecurity(TypedDict, total=False):
+    """The security arguments of an aiokafka client."""
+
+    security_protocol: str
+    ssl_context: ssl.SSLContext
+    sasl_mechanism: str
+    sasl_kerberos_service_name: str
+    sasl_plain_username: str | None
+    sasl_plain_password: str | None
+
+
+def aiokafka_security(extra: dict[str, str]) -> AiokafkaSecurity:
     """aiokafka client arguments equivalent to the librdkafka ``extra``.
 
     Keys that are not about security (tuning of the librdkafka clients) do not apply and
@@ -65,7 +76,7 @@ def aiokafka_security(extra: dict[str, str]) -> dict[str, Any]:
     mechanism = extra.get("sasl.mechanism", extra.get("sasl.mechanisms", "GSSAPI")).upper()
     if mechanism not in _SASL_MECHANISMS:
         raise UnsupportedKafkaSecurityError(f"the worker cannot use sasl.mechanism {mechanism}")
-    found: dict[str, Any] = {"security_protocol": protocol, "sasl_mechanism": mechanism}
+    found: AiokafkaSecurity = {"security_protocol": protocol, "sasl_mechanism": mechanism}
     if protocol == "SASL_SSL":
         found["ssl_context"] = ssl_context(extra)
     if mechanism == "GSSAPI":

@@ -9,7 +9,7 @@ what every handler may and may not do).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from schemas import SchemaName
 from stream_app import releases
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from clickstream.settings import Settings
     from schemas import AvroCodec, Topics
-    from schemas.records import PartitionReleased, ReleaseMarker
+    from schemas.records import AvroRecord, PartitionReleased, ReleaseMarker
     from stream_app.control_auth import ControlAuth
     from stream_app.outgoing import Outgoing
     from stream_app.part_writer import PartWriter
@@ -55,12 +55,12 @@ class MarkerHandlers:
         self._parts = parts
 
     def sessions_marker(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         self._marker(state, cast("ReleaseMarker", record), message, releases.SESSIONS, out)
 
     def events_marker(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         self._marker(state, cast("ReleaseMarker", record), message, releases.EVENTS, out)
 

@@ -10,7 +10,7 @@ announcement goes out in the poll's transaction (see ``coordinator``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bson import ObjectId
 
@@ -22,6 +22,7 @@ from stream_app import metrics
 if TYPE_CHECKING:
     from confluent_kafka import Message, Producer
 
+    from batches.batch import PartCounts
     from batches.erasures import ErasureStore
     from batches.store import Batch, BatchStore
     from clickstream.settings import Settings
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
         ForgetMarker,
         ForgetRequested,
         PartitionForgot,
+        PartitionReleased,
         ReleaseOutcome,
+        ReleaseRequested,
     )
     from stream_app.control_sender import ControlSender
 
@@ -68,7 +71,7 @@ class ReleaseBookkeeping:
         self._avro = avro
         self._sender = sender
 
-    def open_release(self, request: dict[str, Any], batch_id: ObjectId, plain: Producer) -> None:
+    def open_release(self, request: ReleaseRequested, batch_id: ObjectId, plain: Producer) -> None:
         """A release request: its batch (``batch_id`` if new), and its markers if new."""
         batch, created = self._store.open_release(
             batch_id=batch_id,
@@ -123,19 +126,16 @@ class ReleaseBookkeeping:
                 sum(done.batch_session_counts.values()),
             )
 
-    def record_part(self, report: dict[str, Any], message: Message, producer: Producer) -> None:
+    def record_part(self, report: PartitionReleased, message: Message, producer: Producer) -> None:
         """A partition's part is written: once all are, the batch is released (or empty)
         and announced, by the report that completed it."""
         batch_id = ObjectId(report["batch_id"])
-        counts = {
-            name: report[name]
-            for name in (
-                "session_count",
-                "event_count",
-                "repeat_session_count",
-                "deferred_session_count",
-                "content_digest",
-            )
+        counts: PartCounts = {
+            "session_count": report["session_count"],
+            "event_count": report["event_count"],
+            "repeat_session_count": report["repeat_session_count"],
+            "deferred_session_count": report["deferred_session_count"],
+            "content_digest": report["content_digest"],
         }
         offset = message.offset() or 0
         batch = self._store.record_partition(batch_id, report["partition"], counts, offset)

@@ -6,7 +6,7 @@ The handlers ``handlers.Handlers`` routes the sessions and events of the source 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from clickstream import clock
 from schemas import SchemaName
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from schemas import AvroCodec, Topics
     from schemas.records import (
+        AvroRecord,
         EventItem,
         SessionEvent,
         SessionEvents,
@@ -49,12 +50,12 @@ class SessionHandlers:
         self._names = names
 
     def registered(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         self._register(state, cast("SessionRegistered", record), message, None, out)
 
     def registered_batch(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         """Registrations of several requests, grouped by the gateway: each as if alone (a
         conflicting one is dead-lettered alone)."""
@@ -99,13 +100,13 @@ class SessionHandlers:
             )
 
     def events(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         events = cast("SessionEvents", record)
         self._add(state, events["session_id"], events["events"], events["received_at_ms"], message)
 
     def events_batch(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         """The events of several requests, grouped by the gateway, each request in order."""
         for request in cast("SessionEventsBatch", record)["requests"]:
@@ -114,7 +115,7 @@ class SessionHandlers:
             )
 
     def event(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         """One event alone: what producers of other languages may send."""
         single = cast("SessionEvent", record)
@@ -143,7 +144,7 @@ class SessionHandlers:
             state.put_appended(appended)
 
     def irrelevant(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         marking = cast("SessionMarkedIrrelevant", record)
         entry = state.entry(marking["session_id"])

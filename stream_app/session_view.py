@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from batches.public import public_session
 from stream_app import join
 from stream_app.state.keys import entry_key, piece_key, registration_key
 
 if TYPE_CHECKING:
+    from batches.public import PublicSession
     from stream_app.state.partition import Backend
 
 
@@ -18,7 +19,7 @@ def public_state(
     registration: join.Registration,
     events: list[join.StoredEvent],
     events_limit: int,
-) -> dict[str, Any]:
+) -> PublicSession:
     """A registered session's entry and registration, with its first events."""
     return public_session(
         {
@@ -38,7 +39,7 @@ def public_state(
     )
 
 
-def read_session(backend: Backend, session_id: str, events_limit: int) -> dict[str, Any] | None:
+def read_session(backend: Backend, session_id: str, events_limit: int) -> PublicSession | None:
     """The session with its first ``events_limit`` events; None if not registered."""
     entry = backend.get(entry_key(session_id))
     if entry is None or not join.is_registered(entry):

@@ -9,7 +9,7 @@ may not do).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from schemas import SchemaName
 from stream_app import dead_letters, join
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from batches.store import BatchStore
     from clickstream.settings import Settings
     from schemas import AvroCodec, Topics
-    from schemas.records import PartitionTick
+    from schemas.records import AvroRecord, PartitionTick
     from stream_app.forgetting import Forgetting
     from stream_app.outgoing import Outgoing
     from stream_app.state.partition import PartitionState
@@ -57,7 +57,7 @@ class TickHandler:
         self.retention_ms = int(settings.session_retention_seconds * 1000)
 
     def tick(
-        self, state: PartitionState, record: dict[str, Any], message: Message, out: list[Outgoing]
+        self, state: PartitionState, record: AvroRecord, message: Message, out: list[Outgoing]
     ) -> None:
         """Dead-letter the events of sessions never registered within the wait, and retire
         sessions released with everything they have and quiet for the retention time.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Security
 from fastapi.openapi.utils import get_openapi
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from producers.publisher import KafkaPublisher
+    from schemas import JsonObject
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def _document_request_bodies(
     """Routes parse their bodies themselves (see request_body.py): add the models' schemas,
     with the seed's examples, to the OpenAPI document FastAPI generates."""
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> JsonObject:
         if app.openapi_schema is None:
             document = get_openapi(
                 title=app.title,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from fastapi.exceptions import RequestValidationError
 
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from clickstream.settings import Settings
     from producers.gateway.deps import Gateway
     from producers.gateway.metrics import GatewayMetrics
+    from producers.gateway.request_body import BodyError
 
-    Handler = Callable[[Gateway, bytes], Awaitable[dict[str, Any]]]
+    Handler = Callable[[Gateway, bytes], Awaitable["SessionAnswer | EventsAnswer"]]
 
 PREFIX = "/api/v1/clickstream"
 SESSION_PATH = f"{PREFIX}/session"
@@ -41,27 +42,47 @@ _JSON = [(b"content-type", b"application/json")]
 _KEY_HEADER = INGEST_KEY_HEADER.lower().encode()
 
 
+class SessionAnswer(TypedDict):
+    """``POST /session``'s 200 (``SessionAccepted``)."""
+
+    session_id: str
+    created_at: int
+
+
+class EventsAnswer(TypedDict):
+    """``POST /session/events``'s 200 (``EventsAccepted``)."""
+
+    session_id: str
+    accepted: int
+
+
+class Refusal(TypedDict):
+    """Any other answer: why."""
+
+    detail: str | list[BodyError]
+
+
 class _Answer(Exception):  # noqa: N818 - not an error: an answer other than 200
-    def __init__(self, status: int, body: dict[str, Any], headers: list[Any] | None = None):
+    def __init__(self, status: int, body: Refusal, headers: list[Any] | None = None):
         self.status = status
         self.body = body
         self.headers = headers or []
 
 
-def _encode(body: dict[str, Any]) -> bytes:
+def _encode(body: SessionAnswer | EventsAnswer | Refusal) -> bytes:
     """As Starlette's JSONResponse renders a body."""
     return json.dumps(
         body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
     ).encode()
 
 
-async def _events(gateway: Gateway, body: bytes) -> dict[str, Any]:
+async def _events(gateway: Gateway, body: bytes) -> EventsAnswer:
     batch = parse_json(body, gateway.models.EventsIn)
     await gateway.grouping.events(gateway.messages.events_records(batch, time.time()))
     return {"session_id": batch.session_id, "accepted": len(batch.events)}
 
 
-async def _session(gateway: Gateway, body: bytes) -> dict[str, Any]:
+async def _session(gateway: Gateway, body: bytes) -> SessionAnswer:
     session = parse_json(body, gateway.models.SessionIn)
     record = gateway.messages.session_record(session, time.time())
     await gateway.grouping.session(record, len(body))
@@ -106,6 +127,7 @@ class FastIngest:
         self, handler: Handler, gateway: Gateway, scope: Scope, receive: Receive, send: Send
     ) -> None:
         start = time.perf_counter()
+        answer: SessionAnswer | EventsAnswer | Refusal
         try:
             self._check_key(scope)
             body = await self._body(scope, receive)

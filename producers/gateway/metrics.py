@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from clickstream.settings import KafkaConfig
     from producers.publisher import OutgoingMessage
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -97,7 +98,7 @@ class GatewayMetrics:
 class MeteredPublisher(KafkaPublisher):
     """The gateway's publisher, timing each request's publish."""
 
-    def __init__(self, config: dict[str, object], timeout: float, metrics: GatewayMetrics):
+    def __init__(self, config: KafkaConfig, timeout: float, metrics: GatewayMetrics):
         super().__init__(config, timeout)
         self._metrics = metrics
 

@@ -7,7 +7,7 @@ or ``"1.5"`` for a number, ``1.0`` for an integer) is refused, not converted."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, NotRequired, TypedDict, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -16,9 +16,22 @@ from clickstream.exceptions import ClickstreamError
 
 if TYPE_CHECKING:
     from fastapi import Request
+    from pydantic_core import ErrorDetails
+
+    from schemas import JsonObject
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 _MAX_ECHOED_CHARS = 200
+
+
+class BodyError(TypedDict):
+    """A validation error as a 422 answers it: where in the body, what, and the input if
+    it is small and JSON."""
+
+    type: str
+    loc: tuple[str | int, ...]
+    msg: str
+    input: NotRequired[object]
 
 
 class MalformedJsonError(ClickstreamError, ValueError):
@@ -43,9 +56,9 @@ def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
         raise RequestValidationError([_in_body(error) for error in errors]) from exc
 
 
-def _in_body(error: Any) -> dict[str, Any]:
+def _in_body(error: ErrorDetails) -> BodyError:
     """The error at its path under ``body``, echoing the input only if it is small and JSON."""
-    shown = {"type": error["type"], "loc": ("body", *error["loc"]), "msg": error["msg"]}
+    shown: BodyError = {"type": error["type"], "loc": ("body", *error["loc"]), "msg": error["msg"]}
     value = error.get("input")
     if value is None or isinstance(value, bool | int) and abs(value) < 2**63:
         shown["input"] = value
@@ -56,7 +69,7 @@ def _in_body(error: Any) -> dict[str, Any]:
     return shown
 
 
-def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def body_schema(model: type[BaseModel]) -> JsonObject:
     """The OpenAPI request body of a route that parses ``model`` with :func:`parse_body`."""
     return {
         "requestBody": {

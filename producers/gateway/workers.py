@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from producers.exceptions import ProducerError
+
+if TYPE_CHECKING:
+    from batches.public import PublicSession
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ class WorkerClient:
         self._urls = [url.rstrip("/") for url in urls]
         self._client = httpx.AsyncClient(timeout=timeout)
 
-    async def session(self, session_id: str, events_limit: int) -> dict[str, Any] | None:
+    async def session(self, session_id: str, events_limit: int) -> PublicSession | None:
         """The session as the tables hold it, or None if it is not registered."""
         params = {"session_id": session_id, "events_limit": str(events_limit)}
         failures = []
@@ -41,7 +44,7 @@ class WorkerClient:
             if response.status_code == 404:
                 return None
             if response.status_code == 200:
-                session: dict[str, Any] = response.json()
+                session: PublicSession = response.json()  # the worker's session_view
                 return session
             failures.append(f"{url}: HTTP {response.status_code}")
         logger.warning("no worker answered failures=%s", failures)
