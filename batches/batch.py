@@ -31,6 +31,7 @@ class PartCounts(TypedDict):
     repeat_session_count: int
     deferred_session_count: int
     content_digest: str | None
+    """The part's digest as stored (``batches.digest``)."""
 
 
 class PartDocument(PartCounts):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from batches.batch import PartCounts as PartCounts  # noqa: TC001
 from batches.documents import SessionCopy
 
 # The partition table's values, re-exported (other modules name them releases.CompletedCut).
@@ -58,17 +59,6 @@ class Cut(TypedDict):
     min_idle_seconds: int
     sessions_offset: int
     events_offset: int
-
-
-class PartCounts(TypedDict):
-    """What a partition's part of a batch holds, as reported and remembered."""
-
-    session_count: int
-    event_count: int
-    repeat_session_count: int
-    deferred_session_count: int
-    content_digest: str | None
-    """The part's digest as stored (``batches.digest``)."""
 
 
 SESSIONS = "sessions"
