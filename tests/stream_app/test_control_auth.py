@@ -49,6 +49,9 @@ def _forge(settings: Settings, codec: AvroCodec, batch_id: str, release_id: str)
     producer = Producer(
         {
             **settings.kafka_producer_config(),
+            # Not the gateway's 1 s publish timeout (this test's settings): a busy broker
+            # must not time the attacker's messages out.
+            "message.timeout.ms": 30_000,
             "on_delivery": lambda error, _: failed.append(error) if error else None,
         }
     )
