@@ -43,7 +43,7 @@ class PartDocument(PartCounts):
 
 class BatchDocument(TypedDict):
     """``batches``: one release (``_id`` is its ``batch_id``). Fields marked not required
-    are absent from documents of earlier versions, or until the batch gets that far."""
+    are absent until the batch gets that far."""
 
     _id: ObjectId
     release_id: NotRequired[str]
@@ -54,13 +54,13 @@ class BatchDocument(TypedDict):
     requested_at_ms: int
     released_at_ms: NotRequired[int]
     expired_at_ms: NotRequired[int]
-    min_idle_seconds: NotRequired[int]
+    min_idle_seconds: int
     partition_count: int
-    partitions: NotRequired[dict[str, PartDocument]]
+    partitions: dict[str, PartDocument]
     """By partition number (a string: a BSON key)."""
-    request_ids: NotRequired[list[str]]
-    markers_sent_at_ms: NotRequired[int]
-    heal_count: NotRequired[int]
+    request_ids: list[str]
+    markers_sent_at_ms: int
+    heal_count: int
     unreleasable: NotRequired[dict[str, list[str]]]
     content_digest: NotRequired[str | None]
     erased_session_count: NotRequired[int]
@@ -106,8 +106,7 @@ class Batch:
     heal_count: int = 0
     # Per partition, the sessions MongoDB refused to store (not in the batch).
     unreleasable: dict[str, list[str]] | None = None
-    # SHA-256 of the released content (``batches.digest``); None for a batch released
-    # before digests were kept.
+    # SHA-256 of the released content (``batches.digest``); None until released.
     content_digest: str | None = None
     # Sessions taken out since by erasures (``batches.erasures``): the counts are of the rest.
     erased_session_count: int = 0
@@ -120,12 +119,12 @@ class Batch:
             status=doc["status"],
             requested_at_ms=doc["requested_at_ms"],
             released_at_ms=doc.get("released_at_ms"),
-            min_idle_seconds=doc.get("min_idle_seconds", 0),
+            min_idle_seconds=doc["min_idle_seconds"],
             partition_count=doc["partition_count"],
-            partitions=doc.get("partitions", {}),
-            request_ids=tuple(doc.get("request_ids", ())),
-            markers_sent_at_ms=doc.get("markers_sent_at_ms", doc["requested_at_ms"]),
-            heal_count=doc.get("heal_count", 0),
+            partitions=doc["partitions"],
+            request_ids=tuple(doc["request_ids"]),
+            markers_sent_at_ms=doc["markers_sent_at_ms"],
+            heal_count=doc["heal_count"],
             unreleasable=doc.get("unreleasable"),
             content_digest=doc.get("content_digest"),
             erased_session_count=doc.get("erased_session_count", 0),

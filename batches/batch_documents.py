@@ -146,14 +146,7 @@ class BatchDocuments:
         cursor = self.batches.find(
             {
                 "status": RELEASING,
-                "$or": [
-                    {"markers_sent_at_ms": {"$lt": sent_before_ms}},
-                    # documents of an earlier version: their markers went with the request
-                    {
-                        "markers_sent_at_ms": {"$exists": False},
-                        "requested_at_ms": {"$lt": sent_before_ms},
-                    },
-                ],
+                "markers_sent_at_ms": {"$lt": sent_before_ms},
             }
         )
         return [Batch.from_document(doc) for doc in cursor]

@@ -15,7 +15,7 @@ so writing a part again after a crash writes the very same documents.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NotRequired, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from schemas import event_item
 
@@ -55,9 +55,9 @@ class BatchSessionDocument(TypedDict):
     search_query: str
     search_results: list[SearchResult]
     search_meta: str | None
-    payload_filter: NotRequired[str | None]
-    """JSON text; absent from sessions released before it existed, like ``sort_by``."""
-    sort_by: NotRequired[SortBy | None]
+    payload_filter: str | None
+    """JSON text."""
+    sort_by: SortBy | None
     user_id: str | None
     created_at: int
     is_irrelevant: bool
@@ -153,8 +153,8 @@ def session_documents(
         "search_query": registration["search_query"],
         "search_results": registration["search_results"],
         "search_meta": registration["search_meta"],
-        "payload_filter": registration.get("payload_filter"),
-        "sort_by": registration.get("sort_by"),
+        "payload_filter": registration["payload_filter"],
+        "sort_by": registration["sort_by"],
         "user_id": registration["user_id"],
         "created_at": registration["created_at"],
         "is_irrelevant": copy.is_irrelevant,

@@ -108,8 +108,8 @@ class Erasure:
             status=doc["status"],
             requested_at_ms=doc["requested_at_ms"],
             partition_count=doc["partition_count"],
-            partitions=doc.get("partitions", {}),
-            batch_session_counts=doc.get("batch_session_counts", {}),
+            partitions=doc["partitions"],
+            batch_session_counts=doc["batch_session_counts"],
             done_at_ms=doc.get("done_at_ms"),
             user_id=doc.get("user_id"),
         )

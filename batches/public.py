@@ -93,12 +93,12 @@ def public_session(
             for r in doc["search_results"]
         ],
         "search_meta": from_json_text(doc["search_meta"]),
-        "payload_filter": from_json_text(doc.get("payload_filter")),
-        "sort_by": doc.get("sort_by"),
+        "payload_filter": from_json_text(doc["payload_filter"]),
+        "sort_by": doc["sort_by"],
         "user_id": doc["user_id"],
         "created_at": doc["created_at"],
         "is_irrelevant": doc["is_irrelevant"],
-        "event_count": doc.get("event_count", len(doc["events"])),
+        "event_count": doc["event_count"],
         "events": [_public_event(e) for e in events],
     }
     if "session_number" in doc:
@@ -106,9 +106,8 @@ def public_session(
             "session_number": doc["session_number"],
             **out,
             "is_repeat": doc["is_repeat"],
-            # Batches written before repeats named their new events hold neither field.
-            "previous_batch_id": doc.get("previous_batch_id"),
-            "new_event_count": doc.get("new_event_count", out["event_count"]),
+            "previous_batch_id": doc["previous_batch_id"],
+            "new_event_count": doc["new_event_count"],
         }
         return batch_session
     return out

@@ -9,7 +9,7 @@ A union with ``null`` is ``X | None``; ``long`` and ``int`` are ``int``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, final
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -232,9 +232,8 @@ class Registration(TypedDict):
     created_at: int
     received_at_ms: int
     offset: int
-    payload_filter: NotRequired[str | None]
-    """Absent from registrations kept before it existed (read them with ``.get``)."""
-    sort_by: NotRequired[SortBy | None]
+    payload_filter: str | None
+    sort_by: SortBy | None
 
 
 class ReleaseMark(TypedDict):

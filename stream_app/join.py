@@ -122,8 +122,7 @@ def _registration(
     source: SessionRegistered | BatchSessionDocument, received_at_ms: int, offset: int
 ) -> Registration:
     """A session's registration as the state keeps it, from a SessionRegistered record or a
-    released copy of the session (both carry these fields; copies released before
-    ``payload_filter`` and ``sort_by`` existed lack them)."""
+    released copy of the session (both carry these fields)."""
     return {
         "search_query": source["search_query"],
         "search_results": source["search_results"],
@@ -132,8 +131,8 @@ def _registration(
         "created_at": source["created_at"],
         "received_at_ms": received_at_ms,
         "offset": offset,
-        "payload_filter": source.get("payload_filter"),
-        "sort_by": source.get("sort_by"),
+        "payload_filter": source["payload_filter"],
+        "sort_by": source["sort_by"],
     }
 
 
@@ -289,6 +288,26 @@ def mark_irrelevant(entry: SessionEntry, offset: int) -> SessionEntry | None:
     return {**entry, "irrelevant_offset": offset}
 
 
+def marked_released(
+    entry: SessionEntry,
+    batch_id: str,
+    event_count: int,
+    previous_batch_id: str | None,
+    previous_event_count: int,
+) -> SessionEntry:
+    """``entry`` once its first ``event_count`` events are in batch ``batch_id``; the first
+    ``previous_event_count`` of them were in ``previous_batch_id`` (None: its first batch)."""
+    return {
+        **entry,
+        "released": {
+            "batch_id": batch_id,
+            "event_count": event_count,
+            "previous_batch_id": previous_batch_id,
+            "previous_event_count": previous_event_count,
+        },
+    }
+
+
 def is_fully_released(entry: SessionEntry) -> bool:
     """Released with every event it has: no release needs to look at it again until it
     changes."""
@@ -355,19 +374,19 @@ def revived(
     new = [event for event in waiting_events if event["event_id"] not in old_ids]
     received_at_ms = waiting["waiting_since_ms"] or waiting["last_active_ms"]
     registration = _registration(released, received_at_ms, REVIVED_OFFSET)
-    previous = released.get("previous_batch_id")
-    entry: SessionEntry = {
-        **new_entry(waiting["session_id"], waiting["partition"]),
-        "registered_offset": REVIVED_OFFSET,
-        "registered_at_ms": received_at_ms,
-        "last_active_ms": waiting["last_active_ms"],
-        "released": {
-            "batch_id": str(released["batch_id"]),
-            "event_count": len(old),
-            "previous_batch_id": str(previous) if previous is not None else None,
-            "previous_event_count": len(old) - released.get("new_event_count", len(old)),
+    previous = released["previous_batch_id"]
+    entry = marked_released(
+        {
+            **new_entry(waiting["session_id"], waiting["partition"]),
+            "registered_offset": REVIVED_OFFSET,
+            "registered_at_ms": received_at_ms,
+            "last_active_ms": waiting["last_active_ms"],
         },
-    }
+        str(released["batch_id"]),
+        len(old),
+        str(previous) if previous is not None else None,
+        len(old) - released["new_event_count"],
+    )
     stored = old + new
     if not stored:
         return Revived(registration, Appended(entry, {}, []))

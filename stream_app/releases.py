@@ -218,15 +218,13 @@ def mark_released(cut: Cut, item: Included) -> SessionEntry | None:
     released = item.entry["released"]
     if released is not None and released["batch_id"] == cut["batch_id"]:
         return None
-    return {
-        **item.entry,
-        "released": {
-            "batch_id": cut["batch_id"],
-            "event_count": item.event_count,
-            "previous_batch_id": released["batch_id"] if released else None,
-            "previous_event_count": released["event_count"] if released else 0,
-        },
-    }
+    return join.marked_released(
+        item.entry,
+        cut["batch_id"],
+        item.event_count,
+        item.previous_batch_id,
+        item.previous_event_count,
+    )
 
 
 def record_release(

@@ -25,6 +25,8 @@ def _session(**extra: Any) -> dict[str, Any]:
         "search_query": "q",
         "search_results": [{"object_id": "o1", "rank": 0.5, "meta": '{"a":[1,null]}'}],
         "search_meta": None,
+        "payload_filter": None,
+        "sort_by": None,
         "user_id": "u1",
         "created_at": 1_700_000_000,
         "is_irrelevant": False,
@@ -72,7 +74,9 @@ def test_a_batch_document_shows_its_number_repeat_fields_and_decoded_meta() -> N
 
 
 def test_a_table_entry_has_no_batch_fields_and_keeps_received_at_and_offset_to_itself() -> None:
-    doc = _session(events=[_event("e1", None, offset=7), _event("e2", None, offset=8)])
+    doc = _session(
+        event_count=2, events=[_event("e1", None, offset=7), _event("e2", None, offset=8)]
+    )
 
     shown = public_session(doc, events_limit=1)
 
