@@ -10,6 +10,8 @@ from bson import ObjectId
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from schemas.records import CompletedCut, PartitionReleased
+
 RELEASING = "releasing"
 RELEASED = "released"
 EMPTY = "empty"
@@ -32,6 +34,17 @@ class PartCounts(TypedDict):
     deferred_session_count: int
     content_digest: str | None
     """The part's digest as stored (``batches.digest``)."""
+
+
+def part_counts(source: CompletedCut | PartitionReleased) -> PartCounts:
+    """The counts of a part, from the partition's record of it or its report."""
+    return {
+        "session_count": source["session_count"],
+        "event_count": source["event_count"],
+        "repeat_session_count": source["repeat_session_count"],
+        "deferred_session_count": source["deferred_session_count"],
+        "content_digest": source["content_digest"],
+    }
 
 
 class PartDocument(PartCounts):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, cast
 
+from batches.batch import part_counts
 from schemas import SchemaName
 from stream_app import releases
 
@@ -94,14 +95,7 @@ class MarkerHandlers:
             # Done before: the coordinator asks again (a lost report, a healing release):
             # the same counts are reported again.
             completed = cast("releases.CompletedCut", found)
-            counts: releases.PartCounts = {
-                "session_count": completed["session_count"],
-                "event_count": completed["event_count"],
-                "repeat_session_count": completed["repeat_session_count"],
-                "deferred_session_count": completed["deferred_session_count"],
-                "content_digest": completed["content_digest"],
-            }
-            out.append(self._report(completed, partition, counts))
+            out.append(self._report(completed, partition, part_counts(completed)))
             return
         cut = cast("releases.Cut", found)
         selection = releases.select(cut, state.dirty_entries(), state.piece_reader)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from bson import ObjectId
 
+from batches.batch import part_counts
 from batches.store import EMPTY, RELEASED, RELEASING
 from clickstream.clock import now_ms
 from schemas import SchemaName
@@ -22,7 +23,6 @@ from stream_app import metrics
 if TYPE_CHECKING:
     from confluent_kafka import Message, Producer
 
-    from batches.batch import PartCounts
     from batches.erasures import ErasureStore
     from batches.store import Batch, BatchStore
     from clickstream.settings import Settings
@@ -130,15 +130,10 @@ class ReleaseBookkeeping:
         """A partition's part is written: once all are, the batch is released (or empty)
         and announced, by the report that completed it."""
         batch_id = ObjectId(report["batch_id"])
-        counts: PartCounts = {
-            "session_count": report["session_count"],
-            "event_count": report["event_count"],
-            "repeat_session_count": report["repeat_session_count"],
-            "deferred_session_count": report["deferred_session_count"],
-            "content_digest": report["content_digest"],
-        }
         offset = message.offset() or 0
-        batch = self._store.record_partition(batch_id, report["partition"], counts, offset)
+        batch = self._store.record_partition(
+            batch_id, report["partition"], part_counts(report), offset
+        )
         if batch is None or not batch.complete:
             return
         completing = max(part["offset"] for part in batch.partitions.values())
