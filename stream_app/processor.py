@@ -60,8 +60,9 @@ logger = logging.getLogger(__name__)
 EXIT_HANDLER_FAILED = 3
 _BACKOFF_FIRST_SECONDS = 0.1
 # A partition's batch is committed once it has staged this many changes, whatever the
-# interval: a message of a gateway's group holds hundreds of sessions.
-_MAX_STAGED = 20_000
+# interval: a message of a gateway's group holds hundreds of sessions. Every partition of a
+# poll may hold this many at once: it bounds the worker's memory while it catches up.
+_MAX_STAGED = 5_000
 _BACKOFF_MAX_SECONDS = 10.0
 # Labels error codes MongoDB gives when it is the server's trouble, not the document's.
 _TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError", "NoWritesPerformed")

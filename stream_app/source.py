@@ -94,8 +94,10 @@ class SourceConsumer:
                 # Restoring a partition's state happens in the assignment callback.
                 "max.poll.interval.ms": int(settings.worker_rebalance_timeout_seconds * 1000)
                 + 600_000,
-                # What is prefetched stays bounded, whatever the message sizes.
-                "queued.max.messages.kbytes": 32 * 1024,
+                # What is prefetched stays bounded, whatever the message sizes: the queue,
+                # and each fetch response (buffered whole before it is queued).
+                "queued.max.messages.kbytes": 16 * 1024,
+                "fetch.max.bytes": 8 * 1024 * 1024,
             }
         )
         self._purge = SourcePurge(settings)
