@@ -431,8 +431,11 @@ class Bench:
                 register_sessions(
                     bootstrap, topic_prefix, [f"{prefix}-s{n}" for n in range(self.pool)]
                 )
-                if metrics.caught_up(time.monotonic(), self.catch_up_timeout) is None:
-                    raise TimeoutError(f"{cell}: the worker did not join the session pool")
+            # Every load starts with the worker reading (its partitions assigned, the pool
+            # joined): a worker still joining its group when the load begins can wait for
+            # minutes on a broker at full load, and the cell would measure that.
+            if metrics.caught_up(time.monotonic(), self.catch_up_timeout) is None:
+                raise TimeoutError(f"{cell}: the worker did not start reading")
             yield run, metrics, prefix
         finally:
             run.stop()
