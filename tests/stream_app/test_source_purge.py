@@ -7,40 +7,31 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, TopicPartition
-
 from clickstream.settings import Settings
 from deploy.local.run import LOCAL_SOURCE_PURGE_SECONDS, source_purge_seconds
 from schemas import Topics
 from tests.utils.bulk import publish_sessions
+from tests.utils.kafka import TopicReader
 from tests.utils.payloads import new_id
 from tests.utils.pipeline import Pipeline, eventually, gateway_client
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from schemas import AvroCodec
     from tests.utils.pipeline import Worker
 
 SESSIONS = 400
 
 
-def _watermarks(settings: Settings, topic: str) -> list[tuple[int, int]]:
-    """Each partition's first offset held and the offset after its last record."""
-    consumer = Consumer({**settings.kafka_common_config(), "group.id": f"probe-{new_id()}"})
-    try:
-        return [
-            consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            for partition in range(settings.topic_partitions)
-        ]
-    finally:
-        consumer.close()
-
-
 def test_handled_records_are_deleted_and_no_restart_needs_them(
-    settings_factory: Callable[..., Settings], worker_factory: Callable[..., Worker]
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[..., Worker],
+    codec: AvroCodec,
 ) -> None:
     settings = settings_factory(tick_interval_seconds=0.5, worker_source_purge_seconds=0.5)
     topics = Topics(settings.topic_prefix)
+    reader = TopicReader(settings.kafka_common_config(), codec)
     worker = worker_factory(settings).start()
     ids = publish_sessions(settings, sessions=SESSIONS, events_each=2)
     with gateway_client(settings, [worker]) as gateway:
@@ -49,12 +40,11 @@ def test_handled_records_are_deleted_and_no_restart_needs_them(
     # served goes (the sessions topic keeps getting the worker's own ticks, so it is never
     # empty for long).
     for topic in (topics.sessions, topics.events):
-        served = [end for _, end in _watermarks(settings, topic)]
-        assert sum(served) >= SESSIONS
+        served = reader.end_offsets(topic)
+        assert sum(served.values()) >= SESSIONS
         eventually(
             lambda topic=topic, served=served: all(
-                first >= end
-                for (first, _), end in zip(_watermarks(settings, topic), served, strict=True)
+                first >= served[p] for p, (first, _) in reader.watermarks(topic).items()
             ),
             timeout=30,
         )

@@ -35,16 +35,20 @@ class TopicReader:
         self._config = kafka_config
         self._codec = codec
 
-    def end_offsets(self, topic: str) -> dict[int, int]:
+    def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        """Per partition, its first offset held and the offset after its last record."""
         consumer = Consumer({**self._config, "group.id": f"reader-{uuid.uuid4().hex}"})
         try:
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
             return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
                 for p in partitions
             }
         finally:
             consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        return {p: end for p, (_, end) in self.watermarks(topic).items()}
 
     def count(self, topic: str) -> int:
         return sum(self.end_offsets(topic).values())
