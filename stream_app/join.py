@@ -374,7 +374,6 @@ def revived(
     new = [event for event in waiting_events if event["event_id"] not in old_ids]
     received_at_ms = waiting["waiting_since_ms"] or waiting["last_active_ms"]
     registration = _registration(released, received_at_ms, REVIVED_OFFSET)
-    previous = released["previous_batch_id"]
     entry = marked_released(
         {
             **new_entry(waiting["session_id"], waiting["partition"]),
@@ -384,7 +383,7 @@ def revived(
         },
         str(released["batch_id"]),
         len(old),
-        str(previous) if previous is not None else None,
+        released["previous_batch_id"],
         len(old) - released["new_event_count"],
     )
     stored = old + new
