@@ -40,9 +40,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _OFFSETS_TIMEOUT = 5.0
-# Quiet this long, the partitions are paused; resumed, they stay so at least this long (a
-# partition's first fetch after a seek takes a few hundred ms against the local broker).
-_IDLE_AFTER_SECONDS = 1.0
+# Quiet this long after a message, the partitions are paused (until then the consumer
+# fetches without pause against the local broker: a tick every 30 s woke the idle worker
+# into that for a second). Woken, they stay resumed until something is read, or this long
+# at most: the first fetch after a seek can take most of a second against the local broker.
+_IDLE_AFTER_SECONDS = 0.25
+_AWAKE_FOR_FIRST_READ_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,8 @@ class SourceConsumer:
         self._idle = False
         self._last_look = 0.0
         self._last_message = time.monotonic()
+        # Nothing read since the partitions were assigned or resumed: stay awake longer.
+        self._waiting_first_read = True
         self._consumer.subscribe(
             [self.sessions_topic, self.events_topic],
             on_assign=self._assign,
@@ -137,6 +142,8 @@ class SourceConsumer:
         self._assigned = set(numbers)
         self._paused_until.clear()
         self._idle = False
+        self._last_message = time.monotonic()
+        self._waiting_first_read = True
         logger.info("partitions assigned partitions=%s", ",".join(map(str, numbers)))
 
     def _first_offset(self, tp: TopicPartition) -> int:
@@ -183,10 +190,16 @@ class SourceConsumer:
             messages = self._read(max_messages, timeout)
             if messages:
                 self._last_message = time.monotonic()
+                self._waiting_first_read = False
             elif (
                 self._idle_seconds > 0
                 and self._assigned
-                and time.monotonic() - self._last_message >= _IDLE_AFTER_SECONDS
+                and time.monotonic() - self._last_message
+                >= (
+                    _AWAKE_FOR_FIRST_READ_SECONDS
+                    if self._waiting_first_read
+                    else _IDLE_AFTER_SECONDS
+                )
             ):
                 self._go_idle()
         records = _records(messages)
@@ -237,6 +250,7 @@ class SourceConsumer:
         self._consumer.resume(waiting)
         self._idle = False
         self._last_message = time.monotonic()
+        self._waiting_first_read = True
         # Fetch at once from where the worker is (a resumed partition may otherwise wait
         # out a fetch backoff first).
         for tp in waiting:
