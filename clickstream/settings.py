@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     """An idle worker pauses its partitions and looks at their end offsets this often, for
     brokers that answer an empty fetch at once (the local one); 0: never pause (Apache
     Kafka holds an empty fetch itself)."""
+    worker_fetch_pause_seconds: float = Field(default=0.01, ge=0)
+    """After a read that left nothing buffered, a worker pauses its partitions this long
+    before fetching again, so that one fetch brings what came meanwhile: a broker that
+    answers an empty fetch at once (the local one) is otherwise asked without pause, at the
+    CPU of both; costs the state up to this much lag. 0: fetch continuously."""
     orphan_event_wait_seconds: float = Field(default=3600.0, gt=0)
     """Events of a session never registered wait this long from when a worker read them,
     then go to the dead-letter topic; those of a retired session then join its released

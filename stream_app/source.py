@@ -12,9 +12,14 @@ Static membership (``CLICKSTREAM_WORKER_ID`` as ``group.instance.id``) gives a r
 worker its partitions back without a rebalance; a clean stop leaves the group at once.
 
 A broker that answers an empty fetch at once instead of holding it (the local one does)
-would make an idle consumer fetch without pause. When nothing came for a poll, the
-partitions are paused, and their end offsets are looked at every
+would make a caught-up consumer fetch without pause, costing the consumer and the broker
+most of a core each. So after a read that left nothing buffered, the partitions are paused
+for ``CLICKSTREAM_WORKER_FETCH_PAUSE_SECONDS`` (one fetch then brings what came meanwhile),
+and when nothing came for a while they stay paused, their end offsets looked at every
 ``CLICKSTREAM_WORKER_IDLE_POLL_SECONDS``: a partition with something new is resumed.
+librdkafka does not wake its broker thread on a resume (it sleeps up to a second when
+nothing is fetchable), so every resume is followed by a request to the partitions' leaders,
+whose sending wakes it.
 """
 
 from __future__ import annotations
@@ -105,6 +110,9 @@ class SourceConsumer:
         )
         self._purge = SourcePurge(settings)
         self._idle_seconds = settings.worker_idle_poll_seconds
+        self._fetch_pause = settings.worker_fetch_pause_seconds
+        # Paused after a read that caught up, until then: resumed on the first poll after.
+        self._pacing_until = 0.0
         self._assigned: set[int] = set()
         # The next offset to read, per (topic, partition): to resume a paused one there.
         self._next: dict[tuple[str, int], int] = {}
@@ -142,6 +150,7 @@ class SourceConsumer:
         self._assigned = set(numbers)
         self._paused_until.clear()
         self._idle = False
+        self._pacing_until = 0.0
         self._last_message = time.monotonic()
         self._waiting_first_read = True
         logger.info("partitions assigned partitions=%s", ",".join(map(str, numbers)))
@@ -182,6 +191,13 @@ class SourceConsumer:
         the first; errors the client recovers from are logged and left out."""
         self._resume_when_due()
         self._purge.run_if_due()
+        if self._pacing_until:
+            left = self._pacing_until - time.monotonic()
+            if left >= timeout:
+                time.sleep(timeout)
+                return []
+            time.sleep(max(left, 0.0))
+            self._end_pacing()
         if self._idle:
             messages = self._read(max_messages, min(timeout, self._idle_seconds))
             if not messages and time.monotonic() - self._last_look >= self._idle_seconds:
@@ -191,6 +207,8 @@ class SourceConsumer:
             if messages:
                 self._last_message = time.monotonic()
                 self._waiting_first_read = False
+                if self._fetch_pause > 0 and len(messages) < max_messages:
+                    self._start_pacing()
             elif (
                 self._idle_seconds > 0
                 and self._assigned
@@ -220,15 +238,43 @@ class SourceConsumer:
             return []
         return [first, *self._consumer.consume(max_messages - 1, timeout=0)]
 
+    def _fetching(self) -> list[TopicPartition]:
+        """The assigned partitions not paused for a failure."""
+        return self._pairs(n for n in self._assigned if n not in self._paused_until)
+
+    def _start_pacing(self) -> None:
+        """Stop fetching for the fetch pause: what is buffered was all read."""
+        self._consumer.pause(self._fetching())
+        self._pacing_until = time.monotonic() + self._fetch_pause
+
+    def _end_pacing(self) -> None:
+        self._pacing_until = 0.0
+        fetching = self._fetching()
+        self._consumer.resume(fetching)
+        self._wake(fetching)
+
+    def _wake(self, pairs: list[TopicPartition]) -> None:
+        """Make librdkafka fetch the resumed ``pairs`` now: a request to their leaders
+        wakes the broker threads, which a resume alone leaves asleep for up to a second."""
+        if not pairs:
+            return
+        try:
+            self._consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, -1) for tp in pairs],
+                timeout=_OFFSETS_TIMEOUT,
+            )
+        except KafkaException as exc:
+            logger.debug("leaders not reached after a resume error=%s", exc)
+
     def _go_idle(self) -> None:
-        self._consumer.pause(self._pairs(n for n in self._assigned if n not in self._paused_until))
+        self._consumer.pause(self._fetching())
         self._idle = True
         self._last_look = time.monotonic()
 
     def _wake_if_new(self) -> None:
         """Resume the paused partitions that have something past their position."""
         self._last_look = time.monotonic()
-        waiting = self._pairs(n for n in self._assigned if n not in self._paused_until)
+        waiting = self._fetching()
         if not waiting:
             return
         try:
@@ -251,12 +297,7 @@ class SourceConsumer:
         self._idle = False
         self._last_message = time.monotonic()
         self._waiting_first_read = True
-        # Fetch at once from where the worker is (a resumed partition may otherwise wait
-        # out a fetch backoff first).
-        for tp in waiting:
-            offset = self._next.get((tp.topic, tp.partition))
-            if offset is not None:
-                self._seek(TopicPartition(tp.topic, tp.partition, offset))
+        self._wake(waiting)
 
     def pause_for(self, partition: int, seconds: float, start: StartAt) -> None:
         """Stop reading ``partition`` for ``seconds`` (it failed), then read it again from
