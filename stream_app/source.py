@@ -48,7 +48,7 @@ _OFFSETS_TIMEOUT = 5.0
 # Quiet this long after a message, the partitions are paused (until then the consumer
 # fetches without pause against the local broker: a tick every 30 s woke the idle worker
 # into that for a second). Woken, they stay resumed until something is read, or this long
-# at most: the first fetch after a seek can take most of a second against the local broker.
+# at most (a pause before the first fetch came back would discard it).
 _IDLE_AFTER_SECONDS = 0.25
 _AWAKE_FOR_FIRST_READ_SECONDS = 1.0
 
