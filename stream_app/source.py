@@ -249,15 +249,14 @@ class SourceConsumer:
 
     def _end_pacing(self) -> None:
         self._pacing_until = 0.0
-        fetching = self._fetching()
-        self._consumer.resume(fetching)
-        self._wake(fetching)
+        self._resume(self._fetching())
 
-    def _wake(self, pairs: list[TopicPartition]) -> None:
-        """Make librdkafka fetch the resumed ``pairs`` now: a request to their leaders
+    def _resume(self, pairs: list[TopicPartition]) -> None:
+        """Resume ``pairs`` and make librdkafka fetch them now: a request to their leaders
         wakes the broker threads, which a resume alone leaves asleep for up to a second."""
         if not pairs:
             return
+        self._consumer.resume(pairs)
         try:
             self._consumer.offsets_for_times(
                 [TopicPartition(tp.topic, tp.partition, -1) for tp in pairs],
@@ -293,11 +292,10 @@ class SourceConsumer:
         )
         if not fresh:
             return
-        self._consumer.resume(waiting)
+        self._resume(waiting)
         self._idle = False
         self._last_message = time.monotonic()
         self._waiting_first_read = True
-        self._wake(waiting)
 
     def pause_for(self, partition: int, seconds: float, start: StartAt) -> None:
         """Stop reading ``partition`` for ``seconds`` (it failed), then read it again from
@@ -341,7 +339,7 @@ class SourceConsumer:
         for number in due:
             del self._paused_until[number]
         if due and not self._idle:
-            self._consumer.resume(self._pairs(due))
+            self._resume(self._pairs(due))
 
     def commit(self, offsets: dict[int, StartAt]) -> None:
         """Tell the group where the partitions stand (for lag monitoring only), once their
